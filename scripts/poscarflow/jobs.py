@@ -1,0 +1,254 @@
+"""Run a batch of relax or static calculations through quacc, reusing finished ones.
+
+A Snakemake job covers a batch of structures so that cheap calculators pay the ~3 s
+import of quacc once per batch, not once per structure. Each calculation still has its
+own checkpoint folder, `results/calcs/<id>/<step>/`, keyed by a hash of its input,
+parameters and code: a rerun batch recomputes only the calculations whose key changed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from poscarflow import log_to
+from poscarflow.calculators import get_calculator
+from poscarflow.files import publish_dir, read_json, remove_leftovers, write_json
+from poscarflow.structures import (
+    BadInput,
+    StructureFile,
+    file_hash,
+    read_structure,
+    structure_hash,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ase import Atoms
+
+logger = logging.getLogger("poscarflow")
+STACK = ("quacc", "ase", "pymatgen")
+SUMMARY = "summary.json"
+
+
+def calc_dir(results: str | Path, sid: str, step: str) -> Path:
+    """The checkpoint folder of one calculation."""
+    return Path(results) / "calcs" / sid / step
+
+
+def read_summary(results: str | Path, sid: str, step: str) -> dict | None:
+    """The summary of a finished calculation, or None if there is none."""
+    return read_json(calc_dir(results, sid, step) / SUMMARY)
+
+
+def package_versions(calculator: str) -> dict[str, str]:
+    """Versions of the science stack and of the calculator's packages."""
+    names = dict.fromkeys((*STACK, *get_calculator(calculator).packages, "poscarflow"))
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def digest(data: Any) -> str:
+    """A short, stable hash of JSON-able data."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_batch(step: str, calcs: dict[str, dict], results: str, manifest: str, log: str) -> None:
+    """Run or reuse every calculation of a batch, then write the batch manifest.
+
+    Parameters
+    ----------
+    step
+        "relax" or "static".
+    calcs
+        Structure id → that calculation's parameters, exactly as planned (see plan.py).
+    manifest
+        The batch's output file, `<results>/batches/<step>/<batch>.json`: each id's key
+        and status. The results folder is taken from its path.
+    log
+        The rule's log file.
+    """
+    log_to(log)
+    entries = {}
+    for sid, spec in calcs.items():
+        summary = run_or_reuse(step, sid, spec, Path(manifest).parents[2])
+        entries[sid] = {"key": summary["key"], "status": summary["status"]}
+    write_json(manifest, entries)
+    failed = sum(e["status"] == "failed" for e in entries.values())
+    logger.info("%s batch done: %d calculations, %d failed", step, len(entries), failed)
+
+
+def run_or_reuse(step: str, sid: str, spec: dict, results: Path) -> dict:
+    """Return the calculation's summary, computing it only if its key changed."""
+    final = calc_dir(results, sid, step)
+    remove_leftovers(final)
+    source = _input_identity(step, sid, spec, results)
+    key = digest(
+        {
+            "step": step,
+            "input": source["hash"],
+            "spec": spec,
+            "versions": package_versions(spec["calculator"]),
+        }
+    )
+    old = read_json(final / SUMMARY)
+    if old is not None and old.get("key") == key:
+        logger.info("%s %s: reused (key %s, %s)", step, sid, key, old["status"])
+        return old
+    logger.info("%s %s: computing (key %s)", step, sid, key)
+    tmp = final.with_name(f".{step}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    summary = _compute(step, sid, spec, source, tmp)
+    summary["key"] = key
+    write_json(tmp / SUMMARY, summary)
+    publish_dir(tmp, final)
+    logger.info("%s %s: %s %s", step, sid, summary["status"], summary.get("reason", ""))
+    return summary
+
+
+def _input_identity(step: str, sid: str, spec: dict, results: Path) -> dict:
+    """What the calculation starts from, and a hash that identifies it."""
+    if step == "relax":
+        path = Path(spec["path"])
+        raw = file_hash(path) if path.is_file() else "missing"
+        return {"path": str(path), "file_hash": raw, "hash": raw}
+    relax = read_summary(results, sid, "relax") or {}
+    return {
+        "path": str(calc_dir(results, sid, "relax") / "POSCAR"),
+        "hash": relax.get("key", "missing"),
+        "relax": relax,
+    }
+
+
+def _compute(step: str, sid: str, spec: dict, source: dict, workdir: Path) -> dict:
+    """Run one quacc job in `workdir`; return its summary (failures included)."""
+    recipe = get_calculator(spec["calculator"]).recipe(step)  # import outside the timing
+    started = time.time()
+    summary: dict[str, Any] = {
+        "id": sid,
+        "step": step,
+        "calculator": spec["calculator"],
+        "parameters": spec,
+        "input": {k: v for k, v in source.items() if k != "relax"},
+        "versions": package_versions(spec["calculator"]),
+        "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "start": datetime.now(UTC).isoformat(),
+    }
+    try:
+        atoms = _load_atoms(step, spec, source)
+        summary["input"]["structure_hash"] = structure_hash(atoms)
+        result = _run_quacc(recipe, step, spec[step], atoms, workdir)
+        summary |= _numbers(step, result)
+        _write_outputs(result, workdir)
+    except BadInput as err:
+        summary |= {"status": "failed", "failure": "bad_input", "reason": str(err)}
+    except Exception as err:  # record any crash of this calculation, keep the batch going
+        summary |= {
+            "status": "failed",
+            "failure": "error",
+            "reason": f"{source['path']}: {type(err).__name__}: {err}",
+            "traceback": traceback.format_exc().splitlines()[-20:],
+        }
+    summary["end"] = datetime.now(UTC).isoformat()
+    summary["wall_time"] = round(time.time() - started, 3)
+    return summary
+
+
+def _load_atoms(step: str, spec: dict, source: dict) -> Atoms:
+    """The structure to compute: the input file for relax, the relaxed one for static."""
+    if step == "relax":
+        calc = get_calculator(spec["calculator"])
+        structure = StructureFile(spec["id"], spec["path"], spec["format"])
+        return read_structure(structure, spec["checks"]["min_distance"], calc.elements)
+    relax = source["relax"]
+    if relax.get("status") not in ("done", "unconverged"):
+        raise BadInput(f"relax of {spec['id']} did not finish: {relax.get('reason', 'missing')}")
+    import ase.io
+
+    return ase.io.read(source["path"], format="vasp")
+
+
+def _run_quacc(recipe: Callable, step: str, params: dict, atoms: Atoms, workdir: Path) -> dict:
+    """Call a quacc recipe with the calculation's files kept in `workdir`."""
+    import ase.optimize
+    from quacc import change_settings
+
+    kwargs = dict(params.get("calc_kwargs", {}))
+    if step == "relax":
+        kwargs["relax_cell"] = params["relax_cell"]
+        kwargs["opt_params"] = {
+            "fmax": params["fmax"],
+            "max_steps": params["max_steps"],
+            "optimizer": getattr(ase.optimize, params["optimizer"]),
+        }
+    settings = {
+        "RESULTS_DIR": workdir.resolve(),
+        "SCRATCH_DIR": None,
+        "CREATE_UNIQUE_DIR": False,
+        "GZIP_FILES": False,
+        "CHECK_CONVERGENCE": False,
+    }  # unconverged is recorded, not raised
+    with change_settings(settings):
+        return recipe(atoms, **kwargs)
+
+
+def _numbers(step: str, result: dict) -> dict:
+    """The few numbers of a quacc result that the summary table needs."""
+    import numpy as np
+
+    atoms = result["atoms"]
+    forces = np.asarray(result["results"]["forces"])
+    numbers = {
+        "formula": atoms.get_chemical_formula(mode="metal"),
+        "natoms": len(atoms),
+        "energy": float(result["results"]["energy"]),
+        "energy_per_atom": float(result["results"]["energy"]) / len(atoms),
+        "max_force": float(np.linalg.norm(forces, axis=1).max()),
+        "volume": float(atoms.get_volume()) if atoms.pbc.all() else None,
+        "status": "done",
+    }
+    if step == "relax":
+        converged = bool(result.get("converged", True))
+        numbers |= {
+            "converged": converged,
+            "opt_steps": len(result.get("trajectory", [])) - 1,
+            "volume_initial": (
+                float(result["input_atoms"]["atoms"].get_volume()) if atoms.pbc.all() else None
+            ),
+            "status": "done" if converged else "unconverged",
+        }
+    return numbers
+
+
+def _write_outputs(result: dict, workdir: Path) -> None:
+    """Write the checkpoint files: full quacc result, final POSCAR, extxyz with forces."""
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from monty.json import jsanitize
+
+    with gzip.open(workdir / "result.json.gz", "wt") as handle:
+        json.dump(jsanitize(result, strict=False, enum_values=True), handle)
+    atoms = result["atoms"].copy()
+    ase.io.write(workdir / "POSCAR", atoms, format="vasp", direct=True)
+    atoms.calc = SinglePointCalculator(
+        atoms, **{k: v for k, v in result["results"].items() if k in ("energy", "forces", "stress")}
+    )
+    ase.io.write(workdir / "final.extxyz", atoms, format="extxyz")

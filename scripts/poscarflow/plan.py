@@ -1,0 +1,113 @@
+"""Turn the validated config and the structure folder into batches and per-job params.
+
+Runs at DAG-build time for every structure, so it must stay cheap: file names only, no
+ASE or quacc import. Everything that should trigger a rerun ends up in plain dicts that
+Snakemake stores as `params:` (see workflow/rules/common.smk).
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from poscarflow.calculators import get_calculator
+from poscarflow.structures import StructureFile, discover
+
+STEPS = ("relax", "static")
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursively merge `override` into a copy of `base` (quacc's recursive_dict_merge
+    semantics, without importing quacc at DAG-build time)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def assign_batches(ids: list[str], batch_size: int) -> dict[str, list[str]]:
+    """Group structure ids into batches whose membership is stable as ids come and go.
+
+    An id's batch is a hash of the id modulo a power of two, so adding or removing one
+    structure changes one batch only (until the count of batches doubles). With
+    `batch_size` 1 every structure is its own batch, named by its id.
+    """
+    if batch_size == 1:
+        return {sid: [sid] for sid in ids}
+    wanted = -(-len(ids) // batch_size)
+    buckets = 1 << max(0, wanted - 1).bit_length()
+    width = len(str(buckets - 1))
+    batches: dict[str, list[str]] = {}
+    for sid in ids:
+        name = f"batch{zlib.crc32(sid.encode()) % buckets:0{width}d}"
+        batches.setdefault(name, []).append(sid)
+    return dict(sorted(batches.items()))
+
+
+def _normalise(params: dict) -> dict:
+    """Give equal values one spelling (1 and 1.0 for a float setting) so that they do
+    not look like a parameter change to Snakemake."""
+    out = dict(params)
+    for key in ("fmax",):
+        if key in out:
+            out[key] = float(out[key])
+    return out
+
+
+@dataclass
+class Plan:
+    """Structures, batches and per-calculation parameters for one config."""
+
+    config: dict
+
+    @cached_property
+    def structures(self) -> dict[str, StructureFile]:
+        """Structure id → file, from the configured folder."""
+        return {s.id: s for s in discover(self.config["structures"])}
+
+    @cached_property
+    def batches(self) -> dict[str, list[str]]:
+        """Batch name → structure ids."""
+        size = self.config["batch_size"] or get_calculator(self.config["calculator"]).batch_size
+        return assign_batches(list(self.structures), size)
+
+    @cached_property
+    def specs(self) -> dict[str, dict[str, dict]]:
+        """Structure id → {step: the parameters its calculation runs with}."""
+        overrides = self.config["overrides"]
+        unknown = sorted(set(overrides) - set(self.structures))
+        if unknown:
+            raise ValueError(f"config overrides name unknown structure ids: {', '.join(unknown)}")
+        for sid, override in overrides.items():
+            for step, keys in override.items():
+                bad = sorted(set(keys) - set(self.config[step]))
+                if bad:
+                    raise ValueError(
+                        f"config overrides.{sid}.{step}: unknown key(s) {', '.join(bad)}; "
+                        f"known: {', '.join(sorted(self.config[step]))}"
+                    )
+        specs = {}
+        for sid, structure in self.structures.items():
+            settings = merge({step: self.config[step] for step in STEPS}, overrides.get(sid, {}))
+            common = {"id": sid, "calculator": self.config["calculator"]}
+            specs[sid] = {
+                "relax": common
+                | {
+                    "path": structure.path,
+                    "format": structure.format,
+                    "checks": self.config["checks"],
+                    "relax": _normalise(settings["relax"]),
+                },
+                "static": common | {"static": _normalise(settings["static"])},
+            }
+        return specs
+
+    def batch_params(self, step: str, batch: str) -> dict[str, Any]:
+        """The params of one batch job: id → that calculation's parameters."""
+        return {sid: self.specs[sid][step] for sid in self.batches[batch]}

@@ -1,0 +1,10 @@
+"""Snakemake job of rules relax and static: one batch of calculations."""
+
+from poscarflow.jobs import run_batch
+
+run_batch(
+    step=snakemake.params.step,  # noqa: F821 (injected by Snakemake)
+    calcs=snakemake.params.calcs,  # noqa: F821
+    manifest=snakemake.output[0],  # noqa: F821
+    log=snakemake.log[0],  # noqa: F821
+)

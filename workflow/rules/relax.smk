@@ -1,0 +1,20 @@
+rule relax:
+    input:
+        batch_structures,
+    output:
+        f"{RESULTS}/batches/relax/{{batch}}.json",
+    log:
+        "logs/relax/{batch}.log",
+    benchmark:
+        "benchmarks/relax/{batch}.tsv"
+    conda:
+        "../envs/poscarflow.yaml"
+    threads: 1
+    resources:
+        runtime=120,
+        mem_mb=4000,
+    params:
+        step="relax",
+        calcs=relax_params,
+    script:
+        "../../scripts/run_batch.py"
