@@ -70,7 +70,7 @@ def digest(data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_batch(step: str, calcs: dict[str, dict], results: str, manifest: str, log: str) -> None:
+def run_batch(step: str, calcs: dict[str, dict], manifest: str, log: str) -> None:
     """Run or reuse every calculation of a batch, then write the batch manifest.
 
     Parameters
