@@ -157,7 +157,7 @@ def _compute(step: str, sid: str, spec: dict, source: dict, workdir: Path) -> di
         summary["input"]["structure_hash"] = structure_hash(atoms)
         result = _run_quacc(recipe, step, spec[step], atoms, workdir)
         summary |= _numbers(step, result)
-        _write_outputs(result, workdir)
+        _write_outputs(sid, result, workdir)
     except BadInput as err:
         summary |= {"status": "failed", "failure": "bad_input", "reason": str(err)}
     except Exception as err:  # record any crash of this calculation, keep the batch going
@@ -238,7 +238,7 @@ def _numbers(step: str, result: dict) -> dict:
     return numbers
 
 
-def _write_outputs(result: dict, workdir: Path) -> None:
+def _write_outputs(sid: str, result: dict, workdir: Path) -> None:
     """Write the checkpoint files: full quacc result, final POSCAR, extxyz with forces."""
     import ase.io
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -247,6 +247,7 @@ def _write_outputs(result: dict, workdir: Path) -> None:
     with gzip.open(workdir / "result.json.gz", "wt") as handle:
         json.dump(jsanitize(result, strict=False, enum_values=True), handle)
     atoms = result["atoms"].copy()
+    atoms.info = {"id": sid}
     ase.io.write(workdir / "POSCAR", atoms, format="vasp", direct=True)
     atoms.calc = SinglePointCalculator(
         atoms, **{k: v for k, v in result["results"].items() if k in ("energy", "forces", "stress")}

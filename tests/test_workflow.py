@@ -1,0 +1,168 @@
+"""The real workflow, run by Snakemake in a temporary copy with EMT on small cells."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from ase.build import bulk
+from ase.io import read, write
+
+from tests.conftest import SNAKEMAKE, Workflow
+from tests.test_structures import BAD
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(workflow: Workflow) -> dict[str, dict]:
+    with (workflow.root / "results" / "summary.csv").open() as handle:
+        return {row["id"]: row for row in csv.DictReader(handle)}
+
+
+def _computed(workflow: Workflow, step: str) -> list[str]:
+    """Ids whose calculation a batch computed (not reused), from the job logs."""
+    lines = workflow.log(step).splitlines()
+    return sorted(
+        line.split(f"{step} ")[1].split(":")[0] for line in lines if ": computing" in line
+    )
+
+
+def _direct_quacc(path: Path, relax: dict, tmp: Path) -> tuple[float, float]:
+    """Relax and static energies from quacc called directly, as a user would."""
+    import ase.optimize
+    from quacc import change_settings
+    from quacc.recipes.emt.core import relax_job, static_job
+
+    opt = {
+        "fmax": relax["fmax"],
+        "max_steps": relax["max_steps"],
+        "optimizer": getattr(ase.optimize, relax["optimizer"]),
+    }
+    with change_settings({"RESULTS_DIR": tmp, "GZIP_FILES": False}):
+        relaxed = relax_job(read(path), relax_cell=relax["relax_cell"], opt_params=opt)
+        static = static_job(relaxed["atoms"])
+    return relaxed["results"]["energy"], static["results"]["energy"]
+
+
+def test_energies_match_direct_quacc_and_rerun_is_noop(workflow: Workflow, tmp_path: Path) -> None:
+    ids = ("Cu_fcc", "Cu3Au_L12", "Cu_2x1x1_rattled")
+    workflow.add_examples(*ids)
+    workflow.run()
+    rows = _rows(workflow)
+    assert sorted(rows) == sorted(ids)
+    for sid in ids:
+        relax_e, static_e = _direct_quacc(
+            workflow.structures / f"{sid}.vasp", workflow.config["relax"], tmp_path / sid
+        )
+        assert float(rows[sid]["relaxed_energy"]) == pytest.approx(relax_e, abs=1e-6)
+        assert float(rows[sid]["static_energy"]) == pytest.approx(static_e, abs=1e-6)
+        assert rows[sid]["status"] == "done"
+        calc = workflow.root / "results/calcs" / sid
+        assert {p.name for p in (calc / "relax").iterdir()} >= {
+            "summary.json",
+            "result.json.gz",
+            "POSCAR",
+            "final.extxyz",
+            "opt.traj",
+        }
+        prov = workflow.summary(sid, "relax")
+        assert prov["versions"]["quacc"]
+        assert prov["input"]["file_hash"]
+        assert prov["parameters"]["relax"]["fmax"] == workflow.config["relax"]["fmax"]
+    relaxed = {a.info["id"]: a for a in read(workflow.root / "results/relaxed.extxyz", ":")}
+    assert sorted(relaxed) == sorted(ids)
+    for sid in ids:
+        energy = relaxed[sid].get_potential_energy()
+        assert energy == pytest.approx(float(rows[sid]["relaxed_energy"]), abs=1e-6)
+        assert relaxed[sid].get_forces().shape == (len(relaxed[sid]), 3)
+    assert not list(workflow.root.glob("tmp-quacc-*"))
+    assert not list((workflow.root / "results").rglob("tmp-quacc-*"))
+    again = workflow.run()
+    assert "Nothing to be done" in again.output
+
+
+def test_parameter_change_and_new_structure_recompute_only_them(workflow: Workflow) -> None:
+    workflow.add_examples("Cu_fcc", "Al_fcc", "Ni_fcc")
+    workflow.run()
+    workflow.config["overrides"] = {"Al_fcc": {"relax": {"fmax": 0.005}}}
+    workflow.write_config()
+    workflow.add_examples("Pt_fcc")
+    shutil_logs(workflow)
+    workflow.run()
+    assert _computed(workflow, "relax") == ["Al_fcc", "Pt_fcc"]
+    assert _computed(workflow, "static") == ["Al_fcc", "Pt_fcc"]
+    assert workflow.summary("Al_fcc", "relax")["parameters"]["relax"]["fmax"] == 0.005
+
+
+def shutil_logs(workflow: Workflow) -> None:
+    """Forget earlier job logs so that the next run's log is read alone."""
+    for log in (workflow.root / "logs").rglob("*.log"):
+        log.unlink()
+
+
+def test_bad_inputs_fail_alone_and_are_listed(workflow: Workflow) -> None:
+    workflow.add_examples("Cu_fcc", "Ni_fcc")
+    for case, (text, _) in BAD.items():
+        (workflow.structures / f"{case}.vasp").write_text(text)
+    proc = workflow.run(check=False)
+    assert proc.returncode != 0
+    rows = _rows(workflow)
+    assert rows["Cu_fcc"]["status"] == rows["Ni_fcc"]["status"] == "done"
+    relaxed = read(workflow.root / "results/relaxed.extxyz", ":")
+    assert sorted(a.info["id"] for a in relaxed) == ["Cu_fcc", "Ni_fcc"]
+    for case, (_, problem) in BAD.items():
+        assert rows[case]["status"] == "failed", case
+        assert rows[case]["reason"].startswith(f"structures/{case}.vasp: "), rows[case]
+        assert problem in rows[case]["reason"]
+        assert f"  {case}: structures/{case}.vasp: " in proc.output
+    assert f"{len(BAD)} of {len(BAD) + 2} structures failed" in proc.output
+
+
+def test_misspelt_config_key_stops_before_anything_runs(workflow: Workflow) -> None:
+    workflow.add_examples("Cu_fcc")
+    workflow.config["relax"]["fmx"] = 0.1
+    workflow.write_config()
+    proc = workflow.run("-n", check=False)
+    assert proc.returncode != 0
+    assert "'fmx' was unexpected" in proc.output
+    assert not (workflow.root / "results").exists()
+
+
+def test_killed_run_resumes_without_recomputing(workflow: Workflow) -> None:
+    workflow.config["relax"]["fmax"] = 0.001
+    workflow.write_config()
+    for seed in range(4):
+        atoms = bulk("Al", cubic=True) * (2, 2, 2)
+        atoms.rattle(0.1, seed=seed)
+        write(workflow.structures / f"Al32_{seed}.vasp", atoms, format="vasp")
+    proc = subprocess.Popen(
+        [*SNAKEMAKE, "--cores", "2"],
+        cwd=workflow.root,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    calcs = workflow.root / "results" / "calcs"
+    deadline = time.time() + 120
+    while not list(calcs.glob("*/relax/summary.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.parts[-3]: p.read_text() for p in calcs.glob("*/relax/summary.json")}
+    assert 1 <= len(finished) < 4
+    for folder in calcs.glob("*/relax"):  # every visible checkpoint is complete
+        assert (folder / "summary.json").exists()
+    shutil_logs(workflow)
+    workflow.run("--unlock")  # a SIGKILLed Snakemake leaves its lock, as the README says
+    workflow.run()
+    reused = set(finished) - set(_computed(workflow, "relax"))
+    assert reused == set(finished)
+    for sid, text in finished.items():
+        assert (calcs / sid / "relax" / "summary.json").read_text() == text
+    assert not list(calcs.glob("*/.*"))  # no temporary folders left behind
+    assert all(r["status"] == "done" for r in _rows(workflow).values())
