@@ -22,7 +22,7 @@ DAEMONS=(munged slurmctld slurmd)
 
 log() { echo "[slurm-local] $*"; }
 die() { echo "[slurm-local] ERROR: $*" >&2; exit 1; }
-pids() { pgrep -x "$1" || true; }           # exact process name only
+pids() { ps -C "$1" -o pid=,stat= | awk '$2 !~ /Z/ {print $1}'; }  # exact name, no zombies
 running() { [ -n "$(pids "$1")" ]; }
 node_state() { sinfo -h -N -n "$NODE" -o %T 2>/dev/null | head -n1 || true; }
 usable() { case "$(node_state)" in idle|mixed|allocated|completing) return 0 ;; *) return 1 ;; esac; }
@@ -65,18 +65,21 @@ use_cgroup() {
 
 write_conf() {
   local cpus mem
-  cpus=$(nproc)
+  # Topology from slurmd -C (avoids socket/core mismatch warnings), else nproc.
+  cpus=$(slurmd -C 2>/dev/null | head -n1 | grep -o 'CPUs=.*ThreadsPerCore=[0-9]*' || echo "CPUs=$(nproc)")
   mem=$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.95}' /proc/meminfo)  # MB, 5% headroom
   install -d -m 0755 "$ETC" "$LOGDIR" /var/spool/slurmctld /var/spool/slurmd
   if use_cgroup; then
     PLUGINS="ProctrackType=proctrack/cgroup
 TaskPlugin=task/cgroup,task/affinity
-JobAcctGatherType=jobacct_gather/cgroup"
+JobAcctGatherType=jobacct_gather/cgroup
+JobAcctGatherParams=NoOverMemoryKill"
     printf 'CgroupPlugin=cgroup/v1\nConstrainCores=yes\nConstrainRAMSpace=yes\nConstrainSwapSpace=yes\n' >"$ETC/cgroup.conf"
   else
     PLUGINS="ProctrackType=proctrack/linuxproc
 TaskPlugin=task/affinity
-JobAcctGatherType=jobacct_gather/linux"
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherParams=OverMemoryKill"
     rm -f "$ETC/cgroup.conf"
   fi
   cat >"$ETC/slurm.conf" <<EOF
@@ -102,11 +105,10 @@ SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1024
 $PLUGINS
 JobAcctGatherFrequency=1
-JobAcctGatherParams=OverMemoryKill
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
-NodeName=$NODE CPUs=$cpus RealMemory=$mem State=UNKNOWN
+NodeName=$NODE $cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 }
@@ -119,6 +121,7 @@ wait_idle() {
       down|drained|draining|drain) log "node is $s, resuming"
         scontrol update nodename="$NODE" state=resume || true ;;
     esac
+    running slurmctld && running slurmd || { logs_tail; die "slurmctld/slurmd died (see logs above)"; }
     usable && { log "node $NODE is $(node_state): cluster up"; return 0; }
     sleep 1
   done

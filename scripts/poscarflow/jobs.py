@@ -17,6 +17,7 @@ import socket
 import time
 import traceback
 from datetime import UTC, datetime
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,8 +53,9 @@ def read_summary(results: str | Path, sid: str, step: str) -> dict | None:
     return read_json(calc_dir(results, sid, step) / SUMMARY)
 
 
+@cache
 def package_versions(calculator: str) -> dict[str, str]:
-    """Versions of the science stack and of the calculator's packages."""
+    """Versions of the science stack and of the calculator's packages (read once)."""
     names = dict.fromkeys((*STACK, *get_calculator(calculator).packages, "poscarflow"))
     found = {}
     for name in names:
