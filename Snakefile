@@ -19,3 +19,15 @@ rule all:
     default_target: True
     input:
         final_outputs(),
+
+
+onstart:
+    start_worker()
+
+
+onsuccess:
+    stop_worker()
+
+
+onerror:
+    stop_worker()

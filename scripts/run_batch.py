@@ -1,8 +1,8 @@
 """Snakemake job of rules relax and static: one batch of calculations."""
 
-from poscarflow.jobs import run_batch
+from poscarflow.worker import dispatch
 
-run_batch(
+dispatch(
     step=snakemake.params.step,  # noqa: F821 (injected by Snakemake)
     calcs=snakemake.params.calcs,  # noqa: F821
     manifest=snakemake.output[0],  # noqa: F821

@@ -15,6 +15,15 @@ EXAMPLES = REPO / "config" / "structures"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
+def example_config(**changes: object) -> dict:
+    """The shipped config with the schema's defaults filled in, updated with `changes`."""
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    return config | changes
+
+
 class Workflow:
     """A copy of the workflow in a temporary folder, with its own config and structures."""
 
@@ -65,7 +74,9 @@ class Workflow:
         return json.loads((self.root / "results/calcs" / sid / step / "summary.json").read_text())
 
 
-@pytest.fixture
-def workflow(tmp_path: Path) -> Workflow:
+@pytest.fixture(
+    name="workflow"
+)  # not a global named `workflow`: snakemake's validate looks for one
+def workflow_copy(tmp_path: Path) -> Workflow:
     """An empty workflow copy; tests add structures and change the config."""
     return Workflow(tmp_path / "wf")

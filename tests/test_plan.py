@@ -5,28 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from poscarflow.plan import Plan, assign_batches
 
-CONFIG = {
-    "calculator": "emt",
-    "batch_size": None,
-    "relax": {
-        "relax_cell": True,
-        "optimizer": "BFGS",
-        "fmax": 0.01,
-        "max_steps": 300,
-        "calc_kwargs": {},
-    },
-    "static": {"calc_kwargs": {}},
-    "checks": {"min_distance": 0.5},
-    "overrides": {},
-}
+from poscarflow.plan import Plan, assign_batches
+from tests.conftest import example_config
 
 
 def _plan(tmp_path: Path, ids: list[str], **changes: object) -> Plan:
     for sid in ids:
         (tmp_path / f"{sid}.vasp").write_text("x")
-    return Plan(CONFIG | {"structures": str(tmp_path)} | changes)
+    return Plan(example_config(structures=str(tmp_path), **changes))
 
 
 def test_adding_one_structure_changes_one_batch() -> None:
@@ -53,8 +40,8 @@ def test_override_changes_one_structure_only(tmp_path: Path) -> None:
 
 
 def test_equal_values_spelled_differently_give_equal_params(tmp_path: Path) -> None:
-    one = _plan(tmp_path, ["a"], relax=CONFIG["relax"] | {"fmax": 1})
-    one_point_zero = Plan(one.config | {"relax": CONFIG["relax"] | {"fmax": 1.0}})
+    one = _plan(tmp_path, ["a"], relax=example_config()["relax"] | {"fmax": 1})
+    one_point_zero = Plan(one.config | {"relax": example_config()["relax"] | {"fmax": 1.0}})
     assert repr(one.batch_params("relax", "batch0")) == repr(
         one_point_zero.batch_params("relax", "batch0")
     )

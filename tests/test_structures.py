@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.io import write
+
 from poscarflow.calculators import EMT_ELEMENTS
 from poscarflow.structures import (
     BadInput,

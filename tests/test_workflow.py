@@ -133,6 +133,25 @@ def test_misspelt_config_key_stops_before_anything_runs(workflow: Workflow) -> N
     assert not (workflow.root / "results").exists()
 
 
+def _read(path: Path) -> str:
+    """A /proc file's text, or "" if its process just ended."""
+    try:
+        return path.read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _wait_until_gone(marker: str, timeout: float = 10) -> None:
+    """Fail unless every process whose command line holds `marker` ends within timeout."""
+    deadline = time.time() + timeout
+    while True:
+        alive = [p for p in Path("/proc").glob("[0-9]*/cmdline") if marker in _read(p)]
+        if not alive:
+            return
+        assert time.time() < deadline, f"still running: {alive}"
+        time.sleep(0.2)
+
+
 def test_killed_run_resumes_without_recomputing(workflow: Workflow) -> None:
     workflow.config["relax"]["fmax"] = 0.001
     workflow.write_config()
@@ -153,6 +172,7 @@ def test_killed_run_resumes_without_recomputing(workflow: Workflow) -> None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    _wait_until_gone(f"poscarflow-{proc.pid}-")
     finished = {p.parts[-3]: p.read_text() for p in calcs.glob("*/relax/summary.json")}
     assert 1 <= len(finished) < 4
     for folder in calcs.glob("*/relax"):  # every visible checkpoint is complete

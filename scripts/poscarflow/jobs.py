@@ -72,7 +72,9 @@ def digest(data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_batch(step: str, calcs: dict[str, dict], manifest: str, log: str) -> None:
+def run_batch(
+    step: str, calcs: dict[str, dict], manifest: str, log: str, mapper: Callable = map
+) -> None:
     """Run or reuse every calculation of a batch, then write the batch manifest.
 
     Parameters
@@ -86,15 +88,24 @@ def run_batch(step: str, calcs: dict[str, dict], manifest: str, log: str) -> Non
         and status. The results folder is taken from its path.
     log
         The rule's log file.
+    mapper
+        How to map over the calculations: `map` here, a process pool's map in the
+        worker (see worker.py).
     """
-    log_to(log)
-    entries = {}
-    for sid, spec in calcs.items():
-        summary = run_or_reuse(step, sid, spec, Path(manifest).parents[2])
-        entries[sid] = {"key": summary["key"], "status": summary["status"]}
+    results = str(Path(manifest).parents[2])
+    tasks = [(step, sid, spec, results, log) for sid, spec in calcs.items()]
+    entries = dict(zip(calcs, mapper(_run_entry, tasks), strict=True))
     write_json(manifest, entries)
     failed = sum(e["status"] == "failed" for e in entries.values())
     logger.info("%s batch done: %d calculations, %d failed", step, len(entries), failed)
+
+
+def _run_entry(task: tuple[str, str, dict, str, str]) -> dict:
+    """One calculation of a batch, as a picklable task: its manifest entry."""
+    step, sid, spec, results, log = task
+    log_to(log)
+    summary = run_or_reuse(step, sid, spec, Path(results))
+    return {"key": summary["key"], "status": summary["status"]}
 
 
 def run_or_reuse(step: str, sid: str, spec: dict, results: Path) -> dict:

@@ -1,6 +1,7 @@
 # Helpers for all rules: the plan (structures, batches, parameters) and input functions.
 import re
 
+from poscarflow import worker
 from poscarflow.plan import Plan
 
 RESULTS = "results"
@@ -38,3 +39,19 @@ def final_outputs():
         f"{RESULTS}/relaxed.extxyz",
         f"{RESULTS}/.complete",
     ]
+
+
+WORKER = {}
+
+
+def start_worker():
+    """Start this run's calculation processes (quacc imported once) for local jobs."""
+    if workflow.local_exec:
+        WORKER["server"] = worker.start(
+            workflow.cores, config["calculator"], "logs/worker.log"
+        )
+
+
+def stop_worker():
+    """Stop this run's calculation processes."""
+    worker.stop(WORKER.pop("server", None))
