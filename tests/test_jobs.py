@@ -10,9 +10,12 @@ import pytest
 from ase.build import bulk
 from ase.io import write
 
+from poscarflow.jobs import job_code
 from poscarflow.plan import Plan
-from poscarflow.worker import ADDRESS, dispatch
+from poscarflow.worker import ADDRESS, CodeChanged, dispatch
 from tests.conftest import example_config
+
+CODE = job_code("lj")["digest"]
 
 
 def test_dispatch_without_server_runs_in_process_and_reuses(tmp_path: Path, monkeypatch) -> None:
@@ -22,11 +25,12 @@ def test_dispatch_without_server_runs_in_process_and_reuses(tmp_path: Path, monk
     write("structures/Ar.vasp", bulk("Ar", "fcc", a=5.3), format="vasp")
     write("structures/Kr.vasp", bulk("Kr", "fcc", a=5.7), format="vasp")
     relax = {"relax_cell": False, "optimizer": "FIRE", "fmax": 0.05, "max_steps": 5}
-    plan = Plan(example_config(structures="structures", calculator="lj", relax=relax))
+    config = example_config(structures="structures", calculator="lj", relax=relax)
+    plan = Plan(config, tmp_path / ".hashes.json")
     (batch,) = plan.batches
     for step in ("relax", "static"):
         manifest = f"results/batches/{step}/{batch}.json"
-        dispatch(step, plan.batch_params(step, batch), manifest, f"logs/{step}.log")
+        dispatch(step, plan.batch_params(step, batch), manifest, f"logs/{step}.log", CODE)
         entries = json.loads(Path(manifest).read_text())
         assert sorted(entries) == ["Ar", "Kr"]
         assert {e["status"] for e in entries.values()} <= {"done", "unconverged"}
@@ -34,11 +38,14 @@ def test_dispatch_without_server_runs_in_process_and_reuses(tmp_path: Path, monk
     assert summary["slurm_job_id"] == os.environ.get("SLURM_JOB_ID")
     assert summary["energy"] == pytest.approx(summary["energy_per_atom"] * summary["natoms"])
     before = Path("results/calcs/Ar/relax/summary.json").read_text()
-    dispatch(
-        "relax",
-        plan.batch_params("relax", batch),
-        manifest.replace("static", "relax"),
-        "logs/again.log",
-    )
+    relax_manifest = manifest.replace("static", "relax")
+    dispatch("relax", plan.batch_params("relax", batch), relax_manifest, "logs/again.log", CODE)
     assert Path("results/calcs/Ar/relax/summary.json").read_text() == before
     assert "relax Ar: reused" in Path("logs/again.log").read_text()
+
+
+def test_job_refuses_code_that_changed_after_planning(tmp_path: Path) -> None:
+    calcs = {"a": {"calculator": "lj"}}
+    with pytest.raises(CodeChanged, match="changed after this run was planned"):
+        dispatch("relax", calcs, str(tmp_path / "m.json"), str(tmp_path / "l.log"), "0" * 16)
+    assert not (tmp_path / "m.json").exists()

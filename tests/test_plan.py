@@ -13,7 +13,7 @@ from tests.conftest import example_config
 def _plan(tmp_path: Path, ids: list[str], **changes: object) -> Plan:
     for sid in ids:
         (tmp_path / f"{sid}.vasp").write_text("x")
-    return Plan(example_config(structures=str(tmp_path), **changes))
+    return Plan(example_config(structures=str(tmp_path), **changes), tmp_path / ".hashes.json")
 
 
 def test_adding_one_structure_changes_one_batch() -> None:
@@ -33,7 +33,8 @@ def test_batch_size_one_is_one_job_per_structure() -> None:
 
 def test_override_changes_one_structure_only(tmp_path: Path) -> None:
     base = _plan(tmp_path, ["a", "b"])
-    tight = Plan(base.config | {"overrides": {"a": {"relax": {"fmax": 0.001}}}})
+    overrides = {"a": {"relax": {"fmax": 0.001}}}
+    tight = Plan(base.config | {"overrides": overrides}, base.hash_cache)
     assert tight.specs["a"]["relax"]["relax"]["fmax"] == 0.001
     assert tight.specs["b"] == base.specs["b"]
     assert tight.specs["a"]["static"] == base.specs["a"]["static"]
@@ -41,7 +42,8 @@ def test_override_changes_one_structure_only(tmp_path: Path) -> None:
 
 def test_equal_values_spelled_differently_give_equal_params(tmp_path: Path) -> None:
     one = _plan(tmp_path, ["a"], relax=example_config()["relax"] | {"fmax": 1})
-    one_point_zero = Plan(one.config | {"relax": example_config()["relax"] | {"fmax": 1.0}})
+    relax = example_config()["relax"] | {"fmax": 1.0}
+    one_point_zero = Plan(one.config | {"relax": relax}, one.hash_cache)
     assert repr(one.batch_params("relax", "batch0")) == repr(
         one_point_zero.batch_params("relax", "batch0")
     )

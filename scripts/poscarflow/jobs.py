@@ -17,14 +17,13 @@ import socket
 import time
 import traceback
 from datetime import UTC, datetime
-from functools import cache
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poscarflow import log_to
 from poscarflow.calculators import get_calculator
 from poscarflow.files import publish_dir, read_json, remove_leftovers, write_json
+from poscarflow.fingerprint import code_fingerprint
 from poscarflow.structures import (
     BadInput,
     StructureFile,
@@ -39,8 +38,9 @@ if TYPE_CHECKING:
     from ase import Atoms
 
 logger = logging.getLogger("poscarflow")
-STACK = ("quacc", "ase", "pymatgen")
 SUMMARY = "summary.json"
+JOB_ENTRY = "poscarflow.worker"  # the module a relax or static job runs
+CODE_TRIGGER = "POSCARFLOW_CODE_TRIGGER"  # set by common.smk from --rerun-triggers
 
 
 def calc_dir(results: str | Path, sid: str, step: str) -> Path:
@@ -53,17 +53,18 @@ def read_summary(results: str | Path, sid: str, step: str) -> dict | None:
     return read_json(calc_dir(results, sid, step) / SUMMARY)
 
 
-@cache
-def package_versions(calculator: str) -> dict[str, str]:
-    """Versions of the science stack and of the calculator's packages (read once)."""
-    names = dict.fromkeys((*STACK, *get_calculator(calculator).packages, "poscarflow"))
-    found = {}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+def job_code(calculator: str) -> dict:
+    """The code fingerprint of a relax or static job (see fingerprint.py)."""
+    return code_fingerprint(JOB_ENTRY, get_calculator(calculator).packages)
+
+
+def rerun_on_code() -> bool:
+    """Whether a code change recomputes a calculation (Snakemake's `code` trigger is on).
+
+    Without it (`--rerun-triggers` without `code`), a batch rerun for another reason keeps
+    calculations made with older code, like a Guild restart without --force-sourcecode.
+    """
+    return os.environ.get(CODE_TRIGGER, "1") == "1"
 
 
 def digest(data: Any) -> str:
@@ -113,23 +114,19 @@ def run_or_reuse(step: str, sid: str, spec: dict, results: Path) -> dict:
     final = calc_dir(results, sid, step)
     remove_leftovers(final)
     source = _input_identity(step, sid, spec, results)
-    key = digest(
-        {
-            "step": step,
-            "input": source["hash"],
-            "spec": spec,
-            "versions": package_versions(spec["calculator"]),
-        }
-    )
+    key = digest({"step": step, "input": source["hash"], "spec": spec})
+    code = job_code(spec["calculator"])
     old = read_json(final / SUMMARY)
     if old is not None and old.get("key") == key:
-        logger.info("%s %s: reused (key %s, %s)", step, sid, key, old["status"])
-        return old
+        same_code = old.get("code", {}).get("digest") == code["digest"]
+        if same_code or not rerun_on_code():
+            logger.info("%s %s: reused (key %s, %s)", step, sid, key, old["status"])
+            return old
     logger.info("%s %s: computing (key %s)", step, sid, key)
     tmp = final.with_name(f".{step}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
     summary = _compute(step, sid, spec, source, tmp)
-    summary["key"] = key
+    summary |= {"key": key, "code": code}
     write_json(tmp / SUMMARY, summary)
     publish_dir(tmp, final)
     logger.info("%s %s: %s %s", step, sid, summary["status"], summary.get("reason", ""))
@@ -141,7 +138,7 @@ def _input_identity(step: str, sid: str, spec: dict, results: Path) -> dict:
     if step == "relax":
         path = Path(spec["path"])
         raw = file_hash(path) if path.is_file() else "missing"
-        return {"path": str(path), "file_hash": raw, "hash": raw}
+        return {"path": str(path), "file_hash": raw, "hash": spec["structure_hash"]}
     relax = read_summary(results, sid, "relax") or {}
     return {
         "path": str(calc_dir(results, sid, "relax") / "POSCAR"),
@@ -160,14 +157,13 @@ def _compute(step: str, sid: str, spec: dict, source: dict, workdir: Path) -> di
         "calculator": spec["calculator"],
         "parameters": spec,
         "input": {k: v for k, v in source.items() if k != "relax"},
-        "versions": package_versions(spec["calculator"]),
         "host": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "start": datetime.now(UTC).isoformat(),
     }
     try:
         atoms = _load_atoms(step, spec, source)
-        summary["input"]["structure_hash"] = structure_hash(atoms)
+        summary["input"]["structure_hash_read"] = structure_hash(atoms)
         result = _run_quacc(recipe, step, spec[step], atoms, workdir)
         summary |= _numbers(step, result)
         _write_outputs(sid, result, workdir)

@@ -1,8 +1,9 @@
 """Turn the validated config and the structure folder into batches and per-job params.
 
-Runs at DAG-build time for every structure, so it must stay cheap: file names only, no
-ASE or quacc import. Everything that should trigger a rerun ends up in plain dicts that
-Snakemake stores as `params:` (see workflow/rules/common.smk).
+Runs at DAG-build time for every structure, so it must stay cheap: file names, and the
+content hashes of new or changed files only (cached), never quacc. Everything that
+should trigger a rerun ends up in plain dicts that Snakemake stores as `params:` (see
+workflow/rules/common.smk).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import copy
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from poscarflow.calculators import get_calculator
-from poscarflow.structures import StructureFile, discover
+from poscarflow.structures import StructureFile, cached_content_hashes, discover
 
 STEPS = ("relax", "static")
+HASH_CACHE = Path(".snakemake/poscarflow/structure-hashes.json")
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -65,11 +68,17 @@ class Plan:
     """Structures, batches and per-calculation parameters for one config."""
 
     config: dict
+    hash_cache: Path = HASH_CACHE
 
     @cached_property
     def structures(self) -> dict[str, StructureFile]:
         """Structure id → file, from the configured folder."""
         return {s.id: s for s in discover(self.config["structures"])}
+
+    @cached_property
+    def structure_hashes(self) -> dict[str, str]:
+        """Structure id → content hash (cached in `.snakemake/`, see structures.py)."""
+        return cached_content_hashes(list(self.structures.values()), self.hash_cache)
 
     @cached_property
     def batches(self) -> dict[str, list[str]]:
@@ -100,6 +109,7 @@ class Plan:
                 "relax": common
                 | {
                     "path": structure.path,
+                    "structure_hash": self.structure_hashes[sid],
                     "format": structure.format,
                     "checks": self.config["checks"],
                     "relax": _normalise(settings["relax"]),

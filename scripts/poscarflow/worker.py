@@ -10,6 +10,8 @@ runs, or a server that did not start) a job runs its batch itself: the results a
 
 from __future__ import annotations
 
+import argparse
+import ast
 import logging
 import multiprocessing
 import os
@@ -26,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from poscarflow.calculators import get_calculator
-from poscarflow.jobs import run_batch
+from poscarflow.fingerprint import STACK
+from poscarflow.jobs import JOB_ENTRY, job_code, run_batch
 
 ADDRESS = "POSCARFLOW_WORKER"
 AUTHKEY = "POSCARFLOW_WORKER_KEY"
@@ -46,15 +49,7 @@ def start(processes: int, calculator: str, logfile: str) -> subprocess.Popen:
     Path(logfile).parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, "a") as out:
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "poscarflow.worker",
-                address,
-                str(processes),
-                calculator,
-                str(os.getpid()),
-            ],
+            [sys.executable, "-m", JOB_ENTRY, "serve", address, str(processes), calculator],
             env=os.environ | ONE_THREAD | {AUTHKEY: key},
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -72,8 +67,24 @@ def stop(server: subprocess.Popen | None) -> None:
         server.wait(timeout=30)
 
 
-def dispatch(step: str, calcs: dict[str, dict], manifest: str, log: str) -> None:
-    """Run a batch on this run's server if there is one, else in this process."""
+class CodeChanged(RuntimeError):
+    """The installed code differs from the code the run was planned with."""
+
+
+def dispatch(step: str, calcs: dict[str, dict], manifest: str, log: str, code: str) -> None:
+    """Run a batch on this run's server if there is one, else in this process.
+
+    `code` is the fingerprint digest the job was planned with; a job refuses to run if
+    the installed code differs (someone edited it while jobs were queued).
+    """
+    calculator = next(iter(calcs.values()))["calculator"]
+    installed = job_code(calculator)["digest"]
+    if installed != code:
+        raise CodeChanged(
+            f"poscarflow's code or the versions of {', '.join(STACK)} changed after this "
+            f"run was planned (planned {code}, installed {installed}); start Snakemake "
+            "again so that it plans with the code that will run"
+        )
     address = os.environ.get(ADDRESS)
     if address and "SLURM_JOB_ID" not in os.environ:
         try:
@@ -110,16 +121,14 @@ def _stop_all(*_: object) -> None:
 
 def _watch(parent: int) -> None:
     """Exit when the Snakemake process that started us is gone (killed with -9)."""
-    while True:
-        time.sleep(1)
-        try:
-            os.kill(parent, 0)
-        except ProcessLookupError:
-            _stop_all()
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    _stop_all()
 
 
-def serve(address: str, processes: int, calculator: str, parent: int) -> None:
+def serve(address: str, processes: int, calculator: str) -> None:
     """Listen first (jobs may connect while quacc imports), then fork the pool."""
+    parent = os.getppid()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker: %(message)s")
     listener = Listener(_socket(address), "AF_UNIX", authkey=os.environ[AUTHKEY].encode())
     signal.signal(signal.SIGTERM, _stop_all)
@@ -136,5 +145,29 @@ def serve(address: str, processes: int, calculator: str, parent: int) -> None:
         threading.Thread(target=_handle, args=(conn, pool), daemon=True).start()
 
 
+def main(argv: list[str] | None = None) -> None:
+    """`run` a batch (the relax and static rules' shell command) or `serve` the pool."""
+    parser = argparse.ArgumentParser(prog=f"python -m {JOB_ENTRY}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one batch job")
+    run.add_argument("step", choices=("relax", "static"))
+    run.add_argument("manifest")
+    run.add_argument("log")
+    run.add_argument("calcs", type=ast.literal_eval, help="the rule's params.calcs")
+    run.add_argument("--code", required=True, help="fingerprint digest planned")
+    serve_ = sub.add_parser("serve", help="the per-run pool (started by onstart)")
+    serve_.add_argument("address")
+    serve_.add_argument("processes", type=int)
+    serve_.add_argument("calculator")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        serve(args.address, args.processes, args.calculator)
+        return
+    try:
+        dispatch(args.step, args.calcs, args.manifest, args.log, args.code)
+    except CodeChanged as err:
+        sys.exit(f"poscarflow: {err}")
+
+
 if __name__ == "__main__":
-    serve(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    main()

@@ -1,11 +1,20 @@
 # Helpers for all rules: the plan (structures, batches, parameters) and input functions.
+import os
 import re
 
 from poscarflow import worker
+from poscarflow.jobs import CODE_TRIGGER, job_code
 from poscarflow.plan import Plan
 
 RESULTS = "results"
 PLAN = Plan(config)
+# The code a relax or static job runs (our modules and package versions): it is part of
+# the shell command so that Snakemake's own `code` trigger sees it.
+CODE = job_code(config["calculator"])["digest"]
+JOB_COMMAND = (
+    "python -m poscarflow.worker run {step} {{output:q}} {{log:q}} {{params.calcs:q}}"
+    f" --code {CODE}"
+)
 
 
 wildcard_constraints:
@@ -13,8 +22,9 @@ wildcard_constraints:
 
 
 def batch_structures(wildcards):
-    """The structure files a relax batch reads."""
-    return [PLAN.structures[sid].path for sid in PLAN.batches[wildcards.batch]]
+    """The structure files a relax batch reads. `ancient`: a touched file is no change;
+    a changed structure reaches the job as a new structure_hash in its params."""
+    return [ancient(PLAN.structures[sid].path) for sid in PLAN.batches[wildcards.batch]]
 
 
 def relax_params(wildcards):
@@ -45,7 +55,10 @@ WORKER = {}
 
 
 def start_worker():
-    """Start this run's calculation processes (quacc imported once) for local jobs."""
+    """Before the first job: tell jobs whether code changes count (jobs.rerun_on_code),
+    and start this run's calculation processes (quacc imported once) for local jobs."""
+    code_counts = "code" in map(str, workflow.rerun_triggers)
+    os.environ[CODE_TRIGGER] = "1" if code_counts else "0"
     if workflow.local_exec:
         WORKER["server"] = worker.start(
             workflow.cores, config["calculator"], "logs/worker.log"

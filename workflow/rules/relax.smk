@@ -14,7 +14,6 @@ rule relax:
         runtime=120,
         mem_mb=4000,
     params:
-        step="relax",
         calcs=relax_params,
-    script:
-        "../../scripts/run_batch.py"
+    shell:
+        JOB_COMMAND.format(step="relax")

@@ -14,7 +14,6 @@ rule static:
         runtime=60,
         mem_mb=4000,
     params:
-        step="static",
         calcs=static_params,
-    script:
-        "../../scripts/run_batch.py"
+    shell:
+        JOB_COMMAND.format(step="static")

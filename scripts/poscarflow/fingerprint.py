@@ -1,0 +1,93 @@
+"""The code a job really runs, as a fingerprint Snakemake's `code` trigger can see.
+
+Snakemake's code trigger sees `shell:` text, `run:` source and a `script:` file's mtime,
+never the modules a job imports nor the versions of quacc, ASE and pymatgen. So the
+relax and static rules put this fingerprint in their `shell:` command: our modules the
+job imports (followed transitively, compared as syntax trees without docstrings, so
+comments and formatting do not count) and the versions of the science stack.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+PACKAGE = "poscarflow"
+PACKAGE_DIR = Path(__file__).resolve().parent
+STACK = ("quacc", "ase", "pymatgen")
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of one of our modules, or None if it is not ours."""
+    if name != PACKAGE and not name.startswith(f"{PACKAGE}."):
+        return None
+    parts = name.split(".")[1:]
+    candidate = PACKAGE_DIR.joinpath(*parts)
+    for path in (candidate.with_suffix(".py"), candidate / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    """Remove docstrings: they document the code, they do not change what it does."""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    """Our module names imported anywhere in a module (also inside functions)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {n for n in names if _module_file(n) is not None}
+
+
+def module_hashes(entry: str) -> dict[str, str]:
+    """Module name → hash of its normalised syntax tree, for `entry` and what it imports."""
+    hashes: dict[str, str] = {}
+    todo = [entry, PACKAGE]  # importing a submodule runs the package's __init__ too
+    while todo:
+        name = todo.pop()
+        if name in hashes or (path := _module_file(name)) is None:
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        hashes[name] = hashlib.sha256(ast.dump(_strip_docstrings(tree)).encode()).hexdigest()[:12]
+        todo.extend(_imports(tree))
+    return dict(sorted(hashes.items()))
+
+
+def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions of the given distributions."""
+    found = {}
+    for name in dict.fromkeys((*STACK, *packages)):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+@cache
+def code_fingerprint(entry: str, packages: tuple[str, ...] = ()) -> dict:
+    """What a job running `entry` executes: module hashes, package versions, a digest."""
+    parts = {"modules": module_hashes(entry), "versions": package_versions(packages)}
+    text = json.dumps(parts, sort_keys=True)
+    return parts | {"digest": hashlib.sha256(text.encode()).hexdigest()[:16]}
