@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -17,11 +18,9 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 def example_config(**changes: object) -> dict:
     """The shipped config with the schema's defaults filled in, updated with `changes`."""
-    from snakemake.utils import validate
+    from poscarflow.plan import load_config
 
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
-    return config | changes
+    return load_config(REPO / "config" / "config.yaml") | changes
 
 
 class Workflow:
@@ -49,11 +48,17 @@ class Workflow:
         for sid in ids:
             shutil.copy2(EXAMPLES / f"{sid}.vasp", self.structures / f"{sid}.vasp")
 
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of Snakemake and its jobs: this copy's package comes first."""
+        return os.environ | {"PYTHONPATH": str(self.root / "scripts")}
+
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run Snakemake here; return the finished process (stdout and stderr merged)."""
         proc = subprocess.run(
             [*SNAKEMAKE, "--cores", "2", *args],
             cwd=self.root,
+            env=self.env,
             capture_output=True,
             text=True,
             check=False,
@@ -62,6 +67,14 @@ class Workflow:
         if check and proc.returncode != 0:
             pytest.fail(f"snakemake {' '.join(args)} failed:\n{proc.output[-4000:]}")
         return proc
+
+    def cli(self, *args: str) -> str:
+        """Run the `poscarflow` command here; return what it printed."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "poscarflow.cli", *args],
+            cwd=self.root, env=self.env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return proc.stdout
 
     def log(self, step: str) -> str:
         """All batch logs of one step, concatenated."""

@@ -163,6 +163,7 @@ def test_killed_run_resumes_without_recomputing(workflow: Workflow) -> None:
     proc = subprocess.Popen(
         [*SNAKEMAKE, "--cores", "2"],
         cwd=workflow.root,
+        env=workflow.env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -19,7 +19,21 @@ from poscarflow.calculators import get_calculator
 from poscarflow.structures import StructureFile, cached_content_hashes, discover
 
 STEPS = ("relax", "static")
+NUMBER_TYPES = {"fmax": float, "max_steps": int, "min_distance": float}
 HASH_CACHE = Path(".snakemake/poscarflow/structure-hashes.json")
+
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load_config(path: str | Path = "config/config.yaml") -> dict:
+    """Read a config file and fill in the schema's defaults, as the Snakefile does."""
+    import yaml
+    from snakemake.utils import validate
+
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    validate(config, str(SCHEMA))
+    return config
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -56,11 +70,11 @@ def assign_batches(ids: list[str], batch_size: int) -> dict[str, list[str]]:
 def _normalise(params: dict) -> dict:
     """Give equal values one spelling (1 and 1.0 for a float setting) so that they do
     not look like a parameter change to Snakemake."""
-    out = dict(params)
-    for key in ("fmax",):
-        if key in out:
-            out[key] = float(out[key])
-    return out
+    return {key: NUMBER_TYPES.get(key, _same)(value) for key, value in params.items()}
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 @dataclass
@@ -111,7 +125,7 @@ class Plan:
                     "path": structure.path,
                     "structure_hash": self.structure_hashes[sid],
                     "format": structure.format,
-                    "checks": self.config["checks"],
+                    "checks": _normalise(self.config["checks"]),
                     "relax": _normalise(settings["relax"]),
                 },
                 "static": common | {"static": _normalise(settings["static"])},

@@ -37,6 +37,16 @@ def static_params(wildcards):
     return PLAN.batch_params("static", wildcards.batch)
 
 
+def escalating(base):
+    """A resource that grows x1.5 with each retry (Snakemake's `attempt`), so a job that
+    ran out of memory or time on SLURM is retried with more of both."""
+
+    def resource(wildcards, attempt):
+        return int(base * 1.5 ** (attempt - 1))
+
+    return resource
+
+
 def manifests(step):
     """Every batch manifest of one step."""
     return expand(f"{RESULTS}/batches/{step}/{{batch}}.json", batch=PLAN.batches)

@@ -7,12 +7,14 @@ rule relax:
         "logs/relax/{batch}.log",
     benchmark:
         "benchmarks/relax/{batch}.tsv"
+    group:
+        "calculation"
     conda:
         "../envs/poscarflow.yaml"
     threads: 1
     resources:
-        runtime=120,
-        mem_mb=4000,
+        runtime=escalating(120),
+        mem_mb=escalating(2000),
     params:
         calcs=relax_params,
     shell:

@@ -7,12 +7,14 @@ rule static:
         "logs/static/{batch}.log",
     benchmark:
         "benchmarks/static/{batch}.tsv"
+    group:
+        "calculation"
     conda:
         "../envs/poscarflow.yaml"
     threads: 1
     resources:
-        runtime=60,
-        mem_mb=4000,
+        runtime=escalating(60),
+        mem_mb=escalating(2000),
     params:
         calcs=static_params,
     shell:

@@ -1,0 +1,75 @@
+"""`poscarflow why`: what changed since each calculation's results were made.
+
+It compares the plan for the current config, code and structure files with the
+provenance recorded in each `summary.json`, not with Snakemake's metadata, so it also
+explains calculations inside a batch that Snakemake sees only as a whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from poscarflow.jobs import job_code, read_summary
+from poscarflow.plan import STEPS, Plan
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys: {"relax": {"fmax": 0.01}} → {"relax.fmax": 0.01}."""
+    if not isinstance(data, dict) or not data:
+        return {prefix: data}
+    flat = {}
+    for key, value in data.items():
+        flat |= _flat(value, f"{prefix}.{key}" if prefix else str(key))
+    return flat
+
+
+def _changes(old: dict, new: dict) -> list[str]:
+    """Lines `key: old → new` for every key whose value differs."""
+    old, new = _flat(old), _flat(new)
+    missing = "(unset)"
+    return [
+        f"{key}: {old.get(key, missing)!r} → {new.get(key, missing)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key, missing) != new.get(key, missing)
+    ]
+
+
+def reasons(plan: Plan, results: str, sid: str, step: str) -> list[str]:
+    """Why one calculation would be recomputed; empty if it would be reused."""
+    spec = plan.specs[sid][step]
+    recorded = read_summary(results, sid, step)
+    if recorded is None:
+        return ["not computed yet"]
+    lines = []
+    old_spec = recorded.get("parameters", {})
+    old_hash = old_spec.get("structure_hash")
+    if step == "relax" and old_hash != spec["structure_hash"]:
+        lines.append(f"input {spec['path']} changed (structure hash {old_hash} → "
+                     f"{spec['structure_hash']})")  # fmt: skip
+    skip = {"structure_hash"}
+    lines += [f"parameter {c}" for c in _changes(
+        {k: v for k, v in old_spec.items() if k not in skip},
+        {k: v for k, v in spec.items() if k not in skip},
+    )]  # fmt: skip
+    old_code, code = recorded.get("code", {}), job_code(spec["calculator"])
+    if old_code.get("digest") != code["digest"]:
+        lines += [f"code {c}" for c in _changes(old_code.get("modules", {}), code["modules"])]
+        lines += [f"version {c}" for c in _changes(old_code.get("versions", {}), code["versions"])]
+    if step == "static" and reasons(plan, results, sid, "relax"):
+        lines.append("its relax is recomputed")
+    return lines
+
+
+def why(plan: Plan, results: str = "results", ids: list[str] | None = None) -> list[str]:
+    """Report lines for the given structure ids (default: all)."""
+    unknown = sorted(set(ids or []) - set(plan.structures))
+    if unknown:
+        raise SystemExit(f"poscarflow why: unknown structure ids: {', '.join(unknown)}")
+    lines, stale = [], 0
+    for sid in ids or list(plan.structures):
+        found = [(step, r) for step in STEPS for r in reasons(plan, results, sid, step)]
+        stale += bool(found)
+        lines += [f"{sid} {step}: {reason}" for step, reason in found]
+    total = len(ids or plan.structures)
+    lines.append(f"{stale} of {total} structures would be recomputed.")
+    return lines
