@@ -99,18 +99,20 @@ def scale(root: Path, big: int) -> None:
         shutil.copyfile(first, workflow.structures / f"s{i:05d}.vasp")
     workflow.config |= {"calculator": "lj", "relax": workflow.config["relax"] | {"max_steps": 1}}
     workflow.write_config()
-    timed(f"snakemake -n, {big} structures", workflow.run, "-n")
+    timed(f"snakemake -n, {big} structures, first call", workflow.run, "-n")
+    timed(f"snakemake -n, {big} structures, second call", workflow.run, "-n")
     timed(f"full run, {big} structures (LJ, 1 step)", workflow.run)
     timed(f"no-op run once finished, {big} structures", workflow.run)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100, help="structures for the ratio")
+    parser.add_argument("--n", type=int, default=100, help="structures for the ratio (0: skip)")
     parser.add_argument("--big", type=int, default=10_000, help="structures for -n (0: skip)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="poscarflow-bench-") as tmp:
-        overhead(Path(tmp), args.n)
+        if args.n:
+            overhead(Path(tmp), args.n)
         if args.big:
             scale(Path(tmp), args.big)
 

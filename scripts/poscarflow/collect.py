@@ -40,7 +40,7 @@ def structure_row(results: str | Path, sid: str) -> dict:
         "converged": relax.get("converged"),
         "opt_steps": relax.get("opt_steps"),
         "wall_time": round(relax.get("wall_time", 0) + static.get("wall_time", 0), 3),
-        "reason": failed.get("reason", "") if failed else "",
+        "reason": (failed or relax).get("reason", ""),
         "input": relax.get("input", {}).get("path"),
     }
     return row

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 import traceback
@@ -24,6 +25,13 @@ from poscarflow import log_to
 from poscarflow.calculators import get_calculator
 from poscarflow.files import publish_dir, read_json, remove_leftovers, write_json
 from poscarflow.fingerprint import code_fingerprint
+from poscarflow.policy import (
+    append_history,
+    matching_rule,
+    read_history,
+    read_policy,
+    restarts_used,
+)
 from poscarflow.structures import (
     BadInput,
     StructureFile,
@@ -114,7 +122,7 @@ def run_or_reuse(step: str, sid: str, spec: dict, results: Path) -> dict:
     final = calc_dir(results, sid, step)
     remove_leftovers(final)
     source = _input_identity(step, sid, spec, results)
-    key = digest({"step": step, "input": source["hash"], "spec": spec})
+    key = summary_key(step, source, spec)
     code = job_code(spec["calculator"])
     old = read_json(final / SUMMARY)
     if old is not None and old.get("key") == key:
@@ -123,14 +131,73 @@ def run_or_reuse(step: str, sid: str, spec: dict, results: Path) -> dict:
             logger.info("%s %s: reused (key %s, %s)", step, sid, key, old["status"])
             return old
     logger.info("%s %s: computing (key %s)", step, sid, key)
-    tmp = final.with_name(f".{step}.tmp-{os.getpid()}")
-    tmp.mkdir(parents=True)
-    summary = _compute(step, sid, spec, source, tmp)
-    summary |= {"key": key, "code": code}
-    write_json(tmp / SUMMARY, summary)
-    publish_dir(tmp, final)
-    logger.info("%s %s: %s %s", step, sid, summary["status"], summary.get("reason", ""))
-    return summary
+    return _attempts(step, sid, spec, source, final, identity={"key": key, "code": code})
+
+
+def _attempts(
+    step: str, sid: str, spec: dict, source: dict, final: Path, *, identity: dict
+) -> dict:
+    """Compute, restarting as the restart policy allows; record every attempt.
+
+    A failure that matches a policy entry whose budget is not used up is restarted at
+    once (an unconverged relax continues from where it stopped); any other failure is
+    final after one attempt: no blind retries of a bug.
+    """
+    policy = read_policy()
+    history = final.parent
+    start_atoms, done_steps = None, 0
+    while True:
+        tmp = final.with_name(f".{step}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        attempt = 1 + sum(r.get("event") == "end" for r in read_history(history, step))
+        append_history(history, {"event": "start", "step": step, "attempt": attempt,
+                                 "time": _now(), "host": socket.gethostname(),
+                                 "slurm_job_id": os.environ.get("SLURM_JOB_ID")})  # fmt: skip
+        summary = _compute(step, sid, spec, source, tmp, start=start_atoms)
+        if "opt_steps" in summary:  # steps of earlier attempts this one continued
+            summary["opt_steps"] += done_steps
+        failure = summary.get("failure")
+        text = f"{summary.get('reason', '')}\n" + "\n".join(summary.get("traceback", []))
+        rule = matching_rule(failure, text, policy) if failure else None
+        earlier = [
+            r for r in read_history(history, step)
+            if r.get("key") == identity["key"] or r.get("event") == "reset"
+        ]  # fmt: skip
+        restart = rule is not None and restarts_used(earlier, rule) < policy[rule]
+        append_history(history, {
+            "event": "end", "step": step, "attempt": attempt, "time": _now(),
+            "key": identity["key"], "status": summary["status"], "failure": failure,
+            "reason": summary.get("reason"),
+            "rule": rule, "restarted": restart, "traceback": summary.get("traceback", [])[-5:],
+        })  # fmt: skip
+        summary |= identity | {"attempts": attempt}
+        if not restart:
+            write_json(tmp / SUMMARY, summary)
+            publish_dir(tmp, final)
+            logger.info("%s %s: %s %s", step, sid, summary["status"], summary.get("reason", ""))
+            return summary
+        logger.info("%s %s: attempt %d %s, restarting (policy %r)", step, sid, attempt,
+                    failure, rule)  # fmt: skip
+        if failure == "unconverged":  # continue from the last geometry, not from the input
+            start_atoms = ase_read(tmp / "POSCAR")
+            done_steps = summary["opt_steps"]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def summary_key(step: str, source: dict, spec: dict) -> str:
+    """What identifies a calculation: its step, input and parameters."""
+    return digest({"step": step, "input": source["hash"], "spec": spec})
+
+
+def ase_read(path: Path) -> Atoms:
+    """Read a structure file written by us (POSCAR)."""
+    import ase.io
+
+    return ase.io.read(path, format="vasp")
 
 
 def _input_identity(step: str, sid: str, spec: dict, results: Path) -> dict:
@@ -147,8 +214,10 @@ def _input_identity(step: str, sid: str, spec: dict, results: Path) -> dict:
     }
 
 
-def _compute(step: str, sid: str, spec: dict, source: dict, workdir: Path) -> dict:
-    """Run one quacc job in `workdir`; return its summary (failures included)."""
+def _compute(
+    step: str, sid: str, spec: dict, source: dict, workdir: Path, *, start: Atoms | None = None
+) -> dict:
+    """Run one quacc job in `workdir`, from `start` if given; return its summary."""
     recipe = get_calculator(spec["calculator"]).recipe(step)  # import outside the timing
     started = time.time()
     summary: dict[str, Any] = {
@@ -162,7 +231,7 @@ def _compute(step: str, sid: str, spec: dict, source: dict, workdir: Path) -> di
         "start": datetime.now(UTC).isoformat(),
     }
     try:
-        atoms = _load_atoms(step, spec, source)
+        atoms = start if start is not None else _load_atoms(step, spec, source)
         summary["input"]["structure_hash_read"] = structure_hash(atoms)
         result = _run_quacc(recipe, step, spec[step], atoms, workdir)
         summary |= _numbers(step, result)
@@ -190,9 +259,7 @@ def _load_atoms(step: str, spec: dict, source: dict) -> Atoms:
     relax = source["relax"]
     if relax.get("status") not in ("done", "unconverged"):
         raise BadInput(f"relax of {spec['id']} did not finish: {relax.get('reason', 'missing')}")
-    import ase.io
-
-    return ase.io.read(source["path"], format="vasp")
+    return ase_read(Path(source["path"]))
 
 
 def _run_quacc(recipe: Callable, step: str, params: dict, atoms: Atoms, workdir: Path) -> dict:
@@ -244,6 +311,12 @@ def _numbers(step: str, result: dict) -> dict:
             ),
             "status": "done" if converged else "unconverged",
         }
+        if not converged:
+            numbers |= {
+                "failure": "unconverged",
+                "reason": f"relax did not converge in {numbers['opt_steps']} steps "
+                f"(max force {numbers['max_force']:.3g} eV/Å)",
+            }
     return numbers
 
 

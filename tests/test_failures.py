@@ -1,0 +1,134 @@
+"""Failures handled, not just retried: policy, task history, status and reset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from poscarflow import policy
+from poscarflow.jobs import job_code, run_or_reuse
+from poscarflow.plan import Plan
+from poscarflow.policy import read_history
+from tests.conftest import SNAKEMAKE, Workflow, example_config
+
+
+def test_policy_add_get_remove_clear_like_alchemiscale(tmp_path: Path) -> None:
+    path = tmp_path / "restart_policy.yaml"
+    policy.add(["string1", "string2", "string3"], 5, path)
+    assert policy.add(["string1", "string4", "string5"], 3, path) == {
+        "string1": 3, "string2": 5, "string3": 5, "string4": 3, "string5": 3,
+    }  # fmt: skip
+    assert policy.remove(["string2", "string3"], path) == {
+        "string1": 3, "string4": 3, "string5": 3,
+    }  # fmt: skip
+    assert policy.read_policy(path) == {"string1": 3, "string4": 3, "string5": 3}
+    policy.write_policy({}, path)
+    assert policy.read_policy(path) == {}
+    with pytest.raises(ValueError, match="unknown class 'oops'"):
+        policy.add(["class:oops"], 1, path)
+
+
+def _relax_once(tmp_path: Path, restarts: dict[str, int], max_steps: int) -> dict:
+    """One relax of a rattled 8-atom cell through run_or_reuse, with a policy file."""
+    from ase.build import bulk
+    from ase.io import write
+
+    (tmp_path / "config").mkdir(exist_ok=True)
+    policy.write_policy(restarts, tmp_path / policy.POLICY_FILE)
+    atoms = bulk("Cu", cubic=True) * (2, 1, 1)
+    atoms.rattle(0.1, seed=3)
+    (tmp_path / "structures").mkdir(exist_ok=True)
+    write(tmp_path / "structures" / "Cu8.vasp", atoms, format="vasp")
+    relax = example_config()["relax"] | {"max_steps": max_steps, "fmax": 0.01}
+    plan = Plan(example_config(structures="structures", relax=relax), tmp_path / ".h.json")
+    return run_or_reuse("relax", "Cu8", plan.specs["Cu8"]["relax"], tmp_path / "results")
+
+
+def test_matching_pattern_restarts_and_continues_until_converged(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    summary = _relax_once(tmp_path, {"did not converge": 5}, max_steps=6)
+    ends = [r for r in read_history(tmp_path / "results/calcs/Cu8", "relax") if r["event"] == "end"]
+    assert summary["status"] == "done"
+    assert 1 < summary["attempts"] == len(ends)
+    assert all(r["rule"] == "did not converge" and r["restarted"] for r in ends[:-1])
+    assert summary["opt_steps"] > 6  # the restarts continued, counting every step
+
+
+def test_failure_matching_nothing_fails_at_once(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    summary = _relax_once(tmp_path, {"some other error": 3}, max_steps=2)
+    assert (summary["status"], summary["attempts"]) == ("unconverged", 1)
+    (end,) = [r for r in read_history(Path("results/calcs/Cu8"), "relax") if r["event"] == "end"]
+    assert (end["failure"], end["rule"], end["restarted"]) == ("unconverged", None, False)
+
+
+def test_budget_is_used_up_and_survives_a_restart(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    summary = _relax_once(tmp_path, {"class:unconverged": 2}, max_steps=1)
+    assert (summary["status"], summary["attempts"]) == ("unconverged", 3)
+    # The job dies before its result is kept (node lost): the next run has no budget left.
+    import shutil
+
+    shutil.rmtree("results/calcs/Cu8/relax")
+    again = _relax_once(tmp_path, {"class:unconverged": 2}, max_steps=1)
+    assert (again["status"], again["attempts"]) == ("unconverged", 4)
+    ends = [r for r in read_history(Path("results/calcs/Cu8"), "relax") if r["event"] == "end"]
+    assert [r["restarted"] for r in ends] == [True, True, False, False]
+    assert again["code"] == job_code("emt")
+
+
+WRITER = """
+import sys
+from poscarflow.files import write_json
+data = {"x": list(range(200_000))}
+while True:
+    write_json(sys.argv[1], data)
+"""
+
+
+def test_a_writer_killed_mid_write_never_leaves_a_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    for delay in (0.05, 0.2, 0.35):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)])
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        if target.exists():
+            assert len(json.loads(target.read_text())["x"]) == 200_000
+
+
+@pytest.mark.slow
+def test_status_reset_and_a_second_run_refused(workflow: Workflow) -> None:
+    workflow.add_examples("Cu_fcc", "Ni_fcc")
+    (workflow.structures / "Fe_bcc.vasp").write_text(
+        (workflow.structures / "Cu_fcc.vasp").read_text().replace("Cu", "Fe")
+    )
+    first = subprocess.Popen([*SNAKEMAKE, "--cores", "2"], cwd=workflow.root, env=workflow.env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(2.5)  # the first run holds the lock now
+    second = workflow.run(check=False)
+    assert second.returncode != 0
+    assert "Directory cannot be locked" in second.output
+    assert first.wait(timeout=300) != 0  # Fe_bcc failed; the others finished
+    status = workflow.cli("status")
+    assert status.splitlines()[-1] == "1 failed, 2 done (3 total)"
+    assert "elements Fe not supported" in status
+    rows = {r["id"]: r for r in json.loads(workflow.cli("status", "--json"))}
+    assert rows["Cu_fcc"]["attempts"] == {"relax": 1, "static": 1}
+    assert rows["Fe_bcc"]["failure"] == "bad_input"
+    # reset: dry run changes nothing; a real reset clears only the failure.
+    done_before = (workflow.root / "results/calcs/Cu_fcc/relax/summary.json").read_text()
+    assert "reset Fe_bcc relax" in workflow.cli("reset", "--failed-only", "--dry-run")
+    assert (workflow.root / "results/calcs/Fe_bcc/relax").exists()
+    workflow.cli("reset", "--failed-only")
+    assert not (workflow.root / "results/calcs/Fe_bcc/relax").exists()
+    assert (workflow.root / "results/calcs/Cu_fcc/relax/summary.json").read_text() == done_before
+    rows = {r["id"]: r for r in json.loads(workflow.cli("status", "--json"))}
+    assert (rows["Fe_bcc"]["state"], rows["Cu_fcc"]["state"]) == ("pending", "done")
+    events = [r["event"] for r in read_history(workflow.root / "results/calcs/Fe_bcc")]
+    assert events[-2:] == ["reset", "reset"]
