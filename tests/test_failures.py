@@ -132,3 +132,64 @@ def test_status_reset_and_a_second_run_refused(workflow: Workflow) -> None:
     assert (rows["Fe_bcc"]["state"], rows["Cu_fcc"]["state"]) == ("pending", "done")
     events = [r["event"] for r in read_history(workflow.root / "results/calcs/Fe_bcc")]
     assert events[-2:] == ["reset", "reset"]
+
+
+def test_killed_relax_continues_from_its_last_step(tmp_path, monkeypatch) -> None:
+    """Kill a relax of a 32-atom cell after k steps: the restart repeats none of them."""
+    from ase.build import bulk
+    from ase.io import write
+    from ase.io.trajectory import Trajectory
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("POSCARFLOW_WORKER", raising=False)
+    atoms = bulk("Al", cubic=True) * (2, 2, 2)
+    atoms.rattle(0.1, seed=1)
+    Path("structures").mkdir()
+    write("structures/Al32.vasp", atoms, format="vasp")
+    relax = example_config()["relax"] | {"fmax": 0.001}
+    plan = Plan(example_config(structures="structures", relax=relax), tmp_path / ".h.json")
+    (batch,) = plan.batches
+    calcs_arg, code = repr(plan.batch_params("relax", batch)), job_code("emt")["digest"]
+    manifest = f"results/batches/relax/{batch}.json"
+    command = [sys.executable, "-m", "poscarflow.worker", "run", "relax", manifest,
+               "logs/relax.log", calcs_arg, "--code", code]  # fmt: skip
+    proc = subprocess.Popen(command)
+    calcs = Path("results/calcs/Al32")
+    deadline = time.time() + 120
+    while time.time() < deadline and _frames(calcs) < 8:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    (traj,) = calcs.glob(".relax.tmp-*/**/opt.traj")
+    with Trajectory(str(traj)) as old:
+        done = [old[i] for i in range(len(old))]
+    k = len(done) - 1
+    assert 7 <= k < 40  # killed part-way
+    subprocess.run(command, check=True)
+    log = Path("logs/relax.log").read_text()
+    assert f"continuing from optimizer step {k}" in log
+    with Trajectory(str(calcs / "relax" / "opt.traj")) as new:
+        first = new[0]
+    # The new attempt starts exactly where the killed one stopped: 0 steps repeated.
+    assert first.positions == pytest.approx(done[-1].positions, abs=1e-8)
+    assert first.cell.array == pytest.approx(done[-1].cell.array, abs=1e-8)
+    summary = json.loads((calcs / "relax" / "summary.json").read_text())
+    assert summary["status"] == "done"
+    assert summary["opt_steps"] >= k
+    records = read_history(calcs, "relax")
+    assert [r["event"] for r in records] == ["start", "end", "start", "end"]
+    assert records[1]["failure"] == "interrupted"
+    print(f"killed after {k} steps; steps repeated on restart: 0")
+
+
+def _frames(calcs: Path) -> int:
+    """Frames in the running relax's trajectory so far (0 while there is none)."""
+    from ase.io.trajectory import Trajectory
+
+    for traj in calcs.glob(".relax.tmp-*/**/opt.traj"):
+        try:
+            with Trajectory(str(traj)) as t:
+                return len(t)
+        except Exception:
+            return 0
+    return 0

@@ -32,6 +32,7 @@ from poscarflow.policy import (
     read_policy,
     restarts_used,
 )
+from poscarflow.resume import MARKER, interrupted, last_step
 from poscarflow.structures import (
     BadInput,
     StructureFile,
@@ -120,7 +121,6 @@ def _run_entry(task: tuple[str, str, dict, str, str]) -> dict:
 def run_or_reuse(step: str, sid: str, spec: dict, results: Path) -> dict:
     """Return the calculation's summary, computing it only if its key changed."""
     final = calc_dir(results, sid, step)
-    remove_leftovers(final)
     source = _input_identity(step, sid, spec, results)
     key = summary_key(step, source, spec)
     code = job_code(spec["calculator"])
@@ -146,10 +146,24 @@ def _attempts(
     policy = read_policy()
     history = final.parent
     start_atoms, done_steps = None, 0
+    if step == "relax" and (resumed := last_step(final, identity["key"])):
+        start_atoms, done_steps = resumed
+        logger.info("%s %s: continuing from optimizer step %d", step, sid, done_steps)
+    remove_leftovers(final)
+    if (dead := interrupted(read_history(history, step))) is not None:
+        give_up = _close_interrupted(dead, history, policy, identity["key"])
+        if give_up:
+            summary = {"id": sid, "step": step, "calculator": spec["calculator"],
+                       "parameters": spec, "status": "failed", "failure": dead["failure"],
+                       "reason": dead["reason"], "attempts": dead["attempt"]}  # fmt: skip
+            return _publish(
+                summary | identity, final.with_name(f".{step}.tmp-{os.getpid()}"), final
+            )
     while True:
         tmp = final.with_name(f".{step}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        write_json(tmp / MARKER, {"key": identity["key"], "done_steps": done_steps})
         attempt = 1 + sum(r.get("event") == "end" for r in read_history(history, step))
         append_history(history, {"event": "start", "step": step, "attempt": attempt,
                                  "time": _now(), "host": socket.gethostname(),
@@ -160,11 +174,11 @@ def _attempts(
         failure = summary.get("failure")
         text = f"{summary.get('reason', '')}\n" + "\n".join(summary.get("traceback", []))
         rule = matching_rule(failure, text, policy) if failure else None
-        earlier = [
-            r for r in read_history(history, step)
-            if r.get("key") == identity["key"] or r.get("event") == "reset"
-        ]  # fmt: skip
-        restart = rule is not None and restarts_used(earlier, rule) < policy[rule]
+        restart = (
+            rule is not None
+            and restarts_used(_same_key(read_history(history, step), identity["key"]), rule)
+            < policy[rule]
+        )
         append_history(history, {
             "event": "end", "step": step, "attempt": attempt, "time": _now(),
             "key": identity["key"], "status": summary["status"], "failure": failure,
@@ -173,15 +187,46 @@ def _attempts(
         })  # fmt: skip
         summary |= identity | {"attempts": attempt}
         if not restart:
-            write_json(tmp / SUMMARY, summary)
-            publish_dir(tmp, final)
-            logger.info("%s %s: %s %s", step, sid, summary["status"], summary.get("reason", ""))
-            return summary
+            return _publish(summary, tmp, final)
         logger.info("%s %s: attempt %d %s, restarting (policy %r)", step, sid, attempt,
                     failure, rule)  # fmt: skip
         if failure == "unconverged":  # continue from the last geometry, not from the input
             start_atoms = ase_read(tmp / "POSCAR")
             done_steps = summary["opt_steps"]
+
+
+def _same_key(history: list[dict], key: str) -> list[dict]:
+    """History records that count for a calculation's budget: its key's, and resets."""
+    return [r for r in history if r.get("key") == key or r.get("event") == "reset"]
+
+
+def _close_interrupted(dead: dict, history: Path, policy: dict, key: str) -> bool:
+    """Record an attempt that never ended; True if its class has no restart left.
+
+    A plain interruption (Ctrl-C, a killed Snakemake) always continues; out of memory,
+    out of time and node failures reported by SLURM spend the policy's budget.
+    """
+    rule = matching_rule(dead["failure"], dead["reason"], policy)
+    budget_left = (
+        rule is not None
+        and restarts_used(_same_key(read_history(history, dead["step"]), key), rule) < policy[rule]
+    )
+    restart = dead["failure"] == "interrupted" or budget_left
+    append_history(history, dead | {"time": _now(), "key": key, "rule": rule,
+                                    "restarted": restart})  # fmt: skip
+    logger.info("%s (%s)", dead["reason"], "continuing" if restart else "no restart left")
+    return not restart
+
+
+def _publish(summary: dict, tmp: Path, final: Path) -> dict:
+    """Write the summary last and move the finished folder into place."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / MARKER).unlink(missing_ok=True)
+    write_json(tmp / SUMMARY, summary)
+    publish_dir(tmp, final)
+    logger.info("%s %s: %s %s", summary["step"], summary["id"], summary["status"],
+                summary.get("reason", ""))  # fmt: skip
+    return summary
 
 
 def _now() -> str:

@@ -1,0 +1,80 @@
+"""Continue, don't start over: what an interrupted attempt left behind.
+
+An attempt computes in `results/calcs/<id>/.<step>.tmp-<pid>/` and writes `attempt.json`
+there first. If it is killed (out of time or memory, preempted, node lost, Ctrl-C), the
+folder stays: the next attempt finds the last completed optimizer step in quacc's
+`opt.traj` and continues from that geometry, and it closes the dead attempt in the task
+history with the reason SLURM gives for it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from poscarflow.files import read_json
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+MARKER = "attempt.json"
+# SLURM job states → failure classes of the restart policy.
+SLURM_CLASSES = {
+    "OUT_OF_MEMORY": "oom",
+    "TIMEOUT": "timeout",
+    "DEADLINE": "timeout",
+    "NODE_FAIL": "node_failure",
+    "PREEMPTED": "node_failure",
+    "BOOT_FAIL": "node_failure",
+}
+
+
+def last_step(final: Path, key: str) -> tuple[Atoms, int] | None:
+    """Geometry and total step count of the furthest interrupted relax with this key."""
+    from ase.io.trajectory import Trajectory
+
+    best: tuple[Atoms, int] | None = None
+    for marker in final.parent.glob(f".{final.name}.tmp-*/{MARKER}"):
+        info = read_json(marker) or {}
+        if info.get("key") != key:
+            continue
+        for path in marker.parent.rglob("opt.traj"):
+            frames = []
+            try:
+                with Trajectory(str(path)) as traj:
+                    frames = [traj[i] for i in range(len(traj))]
+            except Exception:  # a frame cut by the kill: keep those read before it
+                pass
+            steps = info.get("done_steps", 0) + len(frames) - 1
+            if frames and (best is None or steps > best[1]):
+                best = (frames[-1], steps)
+    return best
+
+
+def slurm_state(job_id: str | None) -> str | None:
+    """The state SLURM reports for a job (kept for MinJobAge after it ends), or None."""
+    if not job_id:
+        return None
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
+                             text=True, timeout=20, check=False).stdout  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+    return fields.get("JobState")
+
+
+def interrupted(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The end record for an attempt that started and never ended, or None."""
+    if not history or history[-1].get("event") != "start":
+        return None
+    start = history[-1]
+    state = slurm_state(start.get("slurm_job_id"))
+    failure = SLURM_CLASSES.get(state or "", "interrupted")
+    return {
+        "event": "end", "step": start["step"], "attempt": start["attempt"],
+        "status": "failed", "failure": failure,
+        "reason": f"attempt {start['attempt']} was stopped "
+        f"({'SLURM: ' + state if state else 'its process ended'})",
+    }  # fmt: skip
