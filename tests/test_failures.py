@@ -193,3 +193,43 @@ def _frames(calcs: Path) -> int:
         except Exception:
             return 0
     return 0
+
+
+def test_relax_stops_before_the_time_limit_and_the_next_attempt_continues(
+    tmp_path, monkeypatch
+) -> None:
+    from ase.build import bulk
+    from ase.io import write
+
+    from poscarflow.resume import DEADLINE, WallTimeReached, deadline
+
+    monkeypatch.chdir(tmp_path)
+    atoms = bulk("Al", cubic=True) * (2, 2, 2)
+    atoms.rattle(0.1, seed=1)
+    Path("structures").mkdir()
+    write("structures/Al32.vasp", atoms, format="vasp")
+    Path("config").mkdir()
+    policy.write_policy({"class:timeout": 1}, policy.POLICY_FILE)
+    relax = example_config()["relax"] | {"fmax": 0.001}
+    plan = Plan(example_config(structures="structures", relax=relax), tmp_path / ".h.json")
+    spec, results = plan.specs["Al32"]["relax"], Path("results")
+    monkeypatch.setenv(DEADLINE, str(time.time() + 1.0))
+    deadline.cache_clear()
+    with pytest.raises(WallTimeReached, match="before the time limit"):
+        run_or_reuse("relax", "Al32", spec, results)
+    (end,) = [r for r in read_history(results / "calcs/Al32", "relax") if r["event"] == "end"]
+    assert (end["failure"], end["rule"], end["restarted"]) == ("timeout", "class:timeout", True)
+    monkeypatch.delenv(DEADLINE)
+    deadline.cache_clear()
+    summary = run_or_reuse("relax", "Al32", spec, results)
+    assert (summary["status"], summary["attempts"]) == ("done", 2)
+    # The budget is spent now: the next stop before the limit is final.
+    policy.write_policy({}, policy.POLICY_FILE)
+    import shutil
+
+    shutil.rmtree(results / "calcs/Al32/relax")
+    monkeypatch.setenv(DEADLINE, str(time.time() + 1.0))
+    deadline.cache_clear()
+    final = run_or_reuse("relax", "Al32", spec, results)
+    deadline.cache_clear()
+    assert (final["status"], final["failure"]) == ("failed", "timeout")

@@ -32,7 +32,7 @@ from poscarflow.policy import (
     read_policy,
     restarts_used,
 )
-from poscarflow.resume import MARKER, interrupted, last_step
+from poscarflow.resume import MARKER, WallTimeReached, deadline, interrupted, last_step
 from poscarflow.structures import (
     BadInput,
     StructureFile,
@@ -168,7 +168,14 @@ def _attempts(
         append_history(history, {"event": "start", "step": step, "attempt": attempt,
                                  "time": _now(), "host": socket.gethostname(),
                                  "slurm_job_id": os.environ.get("SLURM_JOB_ID")})  # fmt: skip
-        summary = _compute(step, sid, spec, source, tmp, start=start_atoms)
+        try:
+            summary = _compute(step, sid, spec, source, tmp, start=start_atoms)
+        except WallTimeReached as err:  # leave tmp for the next attempt, or give up
+            dead = {"event": "end", "step": step, "attempt": attempt, "status": "failed",
+                    "failure": "timeout", "reason": str(err)}  # fmt: skip
+            if _close_interrupted(dead, history, policy, identity["key"]):
+                return _give_up(dead, spec, final, identity)
+            raise
         if "opt_steps" in summary:  # steps of earlier attempts this one continued
             summary["opt_steps"] += done_steps
         failure = summary.get("failure")
@@ -216,6 +223,15 @@ def _close_interrupted(dead: dict, history: Path, policy: dict, key: str) -> boo
                                     "restarted": restart})  # fmt: skip
     logger.info("%s (%s)", dead["reason"], "continuing" if restart else "no restart left")
     return not restart
+
+
+def _give_up(dead: dict, spec: dict, final: Path, identity: dict) -> dict:
+    """Publish a failed summary for an attempt that may not be restarted."""
+    summary = {"id": spec["id"], "step": dead["step"], "calculator": spec["calculator"],
+               "parameters": spec, "status": "failed", "failure": dead["failure"],
+               "reason": dead["reason"], "attempts": dead["attempt"]}  # fmt: skip
+    tmp = final.with_name(f".{dead['step']}.tmp-{os.getpid()}")
+    return _publish(summary | identity, tmp, final)
 
 
 def _publish(summary: dict, tmp: Path, final: Path) -> dict:
@@ -283,6 +299,8 @@ def _compute(
         _write_outputs(sid, result, workdir)
     except BadInput as err:
         summary |= {"status": "failed", "failure": "bad_input", "reason": str(err)}
+    except WallTimeReached:
+        raise
     except Exception as err:  # record any crash of this calculation, keep the batch going
         summary |= {
             "status": "failed",
@@ -320,6 +338,8 @@ def _run_quacc(recipe: Callable, step: str, params: dict, atoms: Atoms, workdir:
             "max_steps": params["max_steps"],
             "optimizer": getattr(ase.optimize, params["optimizer"]),
         }
+        if (stop_at := deadline()) is not None:
+            kwargs["opt_params"]["stop_condition"] = lambda _: time.time() > stop_at
     settings = {
         "RESULTS_DIR": workdir.resolve(),
         "SCRATCH_DIR": None,
@@ -328,7 +348,11 @@ def _run_quacc(recipe: Callable, step: str, params: dict, atoms: Atoms, workdir:
         "CHECK_CONVERGENCE": False,
     }  # unconverged is recorded, not raised
     with change_settings(settings):
-        return recipe(atoms, **kwargs)
+        result = recipe(atoms, **kwargs)
+    if step == "relax" and not result["converged"] and (deadline() or 1e30) < time.time():
+        steps = len(result["trajectory"]) - 1
+        raise WallTimeReached(f"relax stopped after {steps} steps, before the time limit")
+    return result
 
 
 def _numbers(step: str, result: dict) -> dict:

@@ -9,7 +9,10 @@ history with the reason SLURM gives for it.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +22,7 @@ if TYPE_CHECKING:
     from ase import Atoms
 
 MARKER = "attempt.json"
+DEADLINE = "POSCARFLOW_DEADLINE"  # epoch seconds; set from SLURM's time limit if unset
 # SLURM job states → failure classes of the restart policy.
 SLURM_CLASSES = {
     "OUT_OF_MEMORY": "oom",
@@ -78,3 +82,40 @@ def interrupted(history: list[dict[str, Any]]) -> dict[str, Any] | None:
         "reason": f"attempt {start['attempt']} was stopped "
         f"({'SLURM: ' + state if state else 'its process ended'})",
     }  # fmt: skip
+
+
+class WallTimeReached(RuntimeError):
+    """A relax stopped cleanly before the job's time limit; the next attempt continues."""
+
+
+@cache
+def deadline() -> float | None:
+    """When a relax should stop cleanly (epoch seconds), or None for no limit.
+
+    `POSCARFLOW_DEADLINE` if set; in a SLURM job, its end time less a margin (5 % of
+    the time left, between 30 s and 5 min), read once when the job starts.
+    """
+    if value := os.environ.get(DEADLINE):
+        return float(value)
+    left = _slurm_time_left(os.environ.get("SLURM_JOB_ID"))
+    if left is None:
+        return None
+    return time.time() + left - min(300.0, max(30.0, 0.05 * left))
+
+
+def _slurm_time_left(job_id: str | None) -> float | None:
+    """Seconds left in a SLURM job (`squeue %L`: M:SS, H:MM:SS or D-HH:MM:SS)."""
+    if not job_id:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%L"], capture_output=True,
+                             text=True, timeout=20, check=False).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    days, _, clock = out.rpartition("-")
+    try:
+        parts = [int(p) for p in clock.split(":")]
+    except ValueError:
+        return None  # UNLIMITED, NOT_SET, INVALID
+    seconds = sum(p * 60**i for i, p in enumerate(reversed(parts)))
+    return seconds + int(days or 0) * 86400
