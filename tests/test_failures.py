@@ -233,3 +233,19 @@ def test_relax_stops_before_the_time_limit_and_the_next_attempt_continues(
     final = run_or_reuse("relax", "Al32", spec, results)
     deadline.cache_clear()
     assert (final["status"], final["failure"]) == ("failed", "timeout")
+
+
+def test_resources_escalate_with_recorded_failures_and_reset(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    folders = [tmp_path / "a", tmp_path / "b"]
+    assert policy.escalated(1000, "oom", 1, folders) == 1000
+    assert policy.escalated(1000, "oom", 3, folders) == 2250  # Snakemake's 3rd attempt
+    for _ in range(2):  # two out-of-memory ends recorded for b (a restart of Snakemake)
+        policy.append_history(folders[1], {"event": "end", "step": "relax", "failure": "oom"})
+    assert policy.escalated(1000, "oom", 1, folders) == 2250
+    assert policy.escalated(60, "timeout", 1, folders) == 60
+    Path("config").mkdir()
+    Path(policy.POLICY_FILE).write_text("escalation: {factor: 2, max_mem_mb: 3000}\n")
+    assert policy.escalated(1000, "oom", 1, folders) == 3000  # capped
+    policy.append_history(folders[1], {"event": "reset", "step": "relax"})
+    assert policy.escalated(1000, "oom", 1, folders) == 1000

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from poscarflow.files import atomic_path
+from poscarflow.resume import interrupted
 
 POLICY_FILE = Path("config/restart_policy.yaml")
 # Failure classes a policy can name besides patterns; bad input is never restarted.
@@ -23,13 +24,24 @@ CLASSES = ("unconverged", "oom", "timeout", "node_failure", "error")
 NEVER = "bad_input"
 
 
-def read_policy(path: str | Path = POLICY_FILE) -> dict[str, int]:
-    """Pattern or class → allowed restarts; empty if there is no policy file."""
+ESCALATION = {"factor": 1.5, "max_mem_mb": 256_000, "max_runtime": 7 * 24 * 60}
+
+
+def _read_file(path: str | Path) -> dict:
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        return yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
         return {}
-    policy = data.get("restarts", {})
+
+
+def read_escalation(path: str | Path = POLICY_FILE) -> dict[str, float]:
+    """How resources grow after out-of-memory or out-of-time failures, with their caps."""
+    return ESCALATION | _read_file(path).get("escalation", {})
+
+
+def read_policy(path: str | Path = POLICY_FILE) -> dict[str, int]:
+    """Pattern or class → allowed restarts; empty if there is no policy file."""
+    policy = _read_file(path).get("restarts", {})
     for pattern in policy:
         if not pattern.startswith("class:"):
             re.compile(pattern)  # a bad regex is an error here, not at failure time
@@ -41,10 +53,12 @@ def write_policy(policy: dict[str, int], path: str | Path = POLICY_FILE) -> None
     text = (
         "# Restart policy: pattern (regex searched in a failure's message and traceback)\n"
         "# or class:<unconverged|oom|timeout|node_failure|error> -> allowed restarts.\n"
+        "# escalation: after oom/timeout, mem_mb/runtime grow by `factor`, up to the caps.\n"
         "# Edit with `poscarflow policy add|get|remove|clear`.\n"
     )
+    data = _read_file(path) | {"restarts": dict(sorted(policy.items()))}
     with atomic_path(path) as tmp:
-        tmp.write_text(text + yaml.safe_dump({"restarts": dict(sorted(policy.items()))}))
+        tmp.write_text(text + yaml.safe_dump(data, sort_keys=False))
 
 
 def add(patterns: list[str], allowed: int, path: str | Path = POLICY_FILE) -> dict[str, int]:
@@ -107,3 +121,24 @@ def restarts_used(history: list[dict[str, Any]], rule: str) -> int:
         elif record.get("rule") == rule and record.get("restarted"):
             used += 1
     return used
+
+
+def escalated(base: int, failure: str, attempt: int, folders: list[Path]) -> int:
+    """A resource for a batch job: `base` grown by the escalation factor once per retry
+    (Snakemake's `attempt`) or per `failure` recorded for any of the batch's structures
+    since its last reset, whichever is more, so it survives a restart of Snakemake."""
+    settings = read_escalation()
+    seen = 0
+    for folder in folders:
+        count = 0
+        records = read_history(folder)
+        dead = interrupted(records)  # an attempt SLURM ended, not yet recorded
+        for record in records + ([dead] if dead else []):
+            if record.get("event") == "reset":
+                count = 0
+            elif record.get("event") == "end" and record.get("failure") == failure:
+                count += 1
+        seen = max(seen, count)
+    cap = settings["max_mem_mb"] if failure == "oom" else settings["max_runtime"]
+    grown = base * settings["factor"] ** max(attempt - 1, seen)
+    return int(min(grown, max(cap, base)))

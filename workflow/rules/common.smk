@@ -1,10 +1,12 @@
 # Helpers for all rules: the plan (structures, batches, parameters) and input functions.
 import os
 import re
+from pathlib import Path
 
 from poscarflow import worker
 from poscarflow.jobs import CODE_TRIGGER, job_code
 from poscarflow.plan import Plan
+from poscarflow.policy import escalated
 
 RESULTS = "results"
 PLAN = Plan(config)
@@ -37,12 +39,14 @@ def static_params(wildcards):
     return PLAN.batch_params("static", wildcards.batch)
 
 
-def escalating(base):
-    """A resource that grows x1.5 with each retry (Snakemake's `attempt`), so a job that
-    ran out of memory or time on SLURM is retried with more of both."""
+def escalating(base, failure):
+    """A resource that grows after failures of class `failure` (oom or timeout): with
+    each Snakemake retry and with each such failure in the batch's task histories, so
+    the escalation survives a restart of Snakemake (see policy.escalated)."""
 
     def resource(wildcards, attempt):
-        return int(base * 1.5 ** (attempt - 1))
+        folders = [Path(RESULTS, "calcs", sid) for sid in PLAN.batches[wildcards.batch]]
+        return escalated(base, failure, attempt, folders)
 
     return resource
 

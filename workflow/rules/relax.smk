@@ -13,8 +13,8 @@ rule relax:
         "../envs/poscarflow.yaml"
     threads: 1
     resources:
-        runtime=escalating(120),
-        mem_mb=escalating(2000),
+        runtime=escalating(120, "timeout"),
+        mem_mb=escalating(2000, "oom"),
     params:
         calcs=relax_params,
     shell:

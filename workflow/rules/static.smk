@@ -13,8 +13,8 @@ rule static:
         "../envs/poscarflow.yaml"
     threads: 1
     resources:
-        runtime=escalating(60),
-        mem_mb=escalating(2000),
+        runtime=escalating(60, "timeout"),
+        mem_mb=escalating(2000, "oom"),
     params:
         calcs=static_params,
     shell:
