@@ -85,6 +85,27 @@ def test_energies_match_direct_quacc_and_rerun_is_noop(workflow: Workflow, tmp_p
     assert not list((workflow.root / "results").rglob("tmp-quacc-*"))
     again = workflow.run()
     assert "Nothing to be done" in again.output
+    _check_plots_database_report(workflow, ids)
+
+
+def _check_plots_database_report(workflow: Workflow, ids: tuple[str, ...]) -> None:
+    """The results people look at: PNG plots, an ASE database, a Snakemake report."""
+    import ase.db
+
+    results = workflow.root / "results"
+    for name in ("energy_per_atom", "convergence", "volume_change"):
+        assert (results / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    db = ase.db.connect(str(results / "results.db"))
+    rows = {row.structure_id: row for row in db.select()}
+    assert sorted(rows) == sorted(ids)
+    energy = float(_rows(workflow)["Cu_fcc"]["relaxed_energy"])
+    assert rows["Cu_fcc"].energy == pytest.approx(energy, abs=1e-6)
+    assert rows["Cu_fcc"].converged
+    assert rows["Cu_fcc"].calculator_name == "emt"
+    workflow.run("--report", "report.html")
+    report = (workflow.root / "report.html").read_text()
+    assert "summary.csv" in report
+    assert "convergence.png" in report
 
 
 def test_parameter_change_and_new_structure_recompute_only_them(workflow: Workflow) -> None:

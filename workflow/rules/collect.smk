@@ -1,6 +1,8 @@
 localrules:
     collect,
     check,
+    plots,
+    database,
 
 
 rule collect:
@@ -8,7 +10,11 @@ rule collect:
         manifests("relax"),
         manifests("static"),
     output:
-        table=f"{RESULTS}/summary.csv",
+        table=report(
+            f"{RESULTS}/summary.csv",
+            caption="../report/summary.rst",
+            category="Results",
+        ),
         extxyz=f"{RESULTS}/relaxed.extxyz",
     log:
         "logs/collect.log",
@@ -31,3 +37,43 @@ rule check:
         "../envs/poscarflow.yaml"
     script:
         "../../scripts/check.py"
+
+
+rule plots:
+    input:
+        f"{RESULTS}/summary.csv",
+    output:
+        energies=report(
+            f"{RESULTS}/plots/energy_per_atom.png",
+            caption="../report/energy_per_atom.rst",
+            category="Plots",
+        ),
+        convergence=report(
+            f"{RESULTS}/plots/convergence.png",
+            caption="../report/convergence.rst",
+            category="Plots",
+        ),
+        volumes=report(
+            f"{RESULTS}/plots/volume_change.png",
+            caption="../report/volume_change.rst",
+            category="Plots",
+        ),
+    log:
+        "logs/plots.log",
+    conda:
+        "../envs/poscarflow.yaml"
+    script:
+        "../../scripts/plots.py"
+
+
+rule database:
+    input:
+        f"{RESULTS}/summary.csv",
+    output:
+        f"{RESULTS}/results.db",
+    log:
+        "logs/database.log",
+    conda:
+        "../envs/poscarflow.yaml"
+    script:
+        "../../scripts/database.py"

@@ -61,6 +61,8 @@ def final_outputs():
     return [
         f"{RESULTS}/summary.csv",
         f"{RESULTS}/relaxed.extxyz",
+        f"{RESULTS}/results.db",
+        f"{RESULTS}/plots/energy_per_atom.png",
         f"{RESULTS}/.complete",
     ]
 

@@ -1,0 +1,106 @@
+"""Figures people would rather look at than read, and the ASE database of results."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+from poscarflow import log_to
+from poscarflow.files import atomic_path
+from poscarflow.jobs import calc_dir, digest, read_summary
+
+MOST_CURVES = 30  # convergence curves per figure: the structures that took most steps
+logger = logging.getLogger("poscarflow.plots")
+
+
+def _rows(table: str) -> list[dict]:
+    with open(table, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _save(fig, path: str) -> None:
+    """Save a figure atomically (PNG)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def plot_all(table: str, energies: str, convergence: str, volumes: str, log: str) -> None:
+    """Energy per atom, relaxation convergence and volume change, one PNG each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log_to(log)
+    rows = [r for r in _rows(table) if r["status"] != "failed"]
+    results = Path(table).parent
+    ids = [r["id"] for r in rows]
+    height = max(3.0, 0.25 * len(rows))
+
+    fig, ax = plt.subplots(figsize=(7, height))
+    ax.barh(ids, [float(r["energy_per_atom"]) for r in rows], color="tab:blue")
+    ax.set(xlabel="static energy per atom (eV/atom)", title="Energy per atom")
+    ax.invert_yaxis()
+    _save(fig, energies)
+
+    fig, (forces, energy) = plt.subplots(1, 2, figsize=(11, 4))
+    slowest = sorted(rows, key=lambda r: -int(r["opt_steps"] or 0))[:MOST_CURVES]
+    for row in slowest:
+        steps = _trajectory(calc_dir(results, row["id"], "relax") / "opt.traj")
+        if steps:
+            fmax, e = zip(*steps, strict=True)
+            forces.semilogy(fmax, label=row["id"])
+            natoms = int(row["natoms"])
+            energy.plot([1000 * (x - e[-1]) / natoms for x in e], label=row["id"])
+    forces.set(xlabel="optimizer step", ylabel="max atomic force (eV/Å)", ylim=(1e-4, None),
+               title="Relax convergence")  # fmt: skip
+    energy.set(xlabel="optimizer step", ylabel="E - E_final (meV/atom)",
+               title=f"Energy ({len(slowest)} slowest of {len(rows)} structures)")  # fmt: skip
+    if len(slowest) <= 12:
+        energy.legend(fontsize="small")
+    _save(fig, convergence)
+
+    fig, ax = plt.subplots(figsize=(7, height))
+    change = [100 * (float(r["volume_final"]) / float(r["volume_initial"]) - 1)
+              if r["volume_final"] and r["volume_initial"] else 0.0 for r in rows]  # fmt: skip
+    ax.barh(ids, change, color=["tab:red" if c > 0 else "tab:green" for c in change])
+    ax.set(xlabel="volume change on relaxation (%)", title="Volume change")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.invert_yaxis()
+    _save(fig, volumes)
+    plt.close("all")
+    logger.info("plotted %d structures", len(rows))
+
+
+def _trajectory(path: Path) -> list[tuple[float, float]]:
+    """(max force, energy) per optimizer step of a relax, from quacc's opt.traj."""
+    import numpy as np
+    from ase.io.trajectory import Trajectory
+
+    if not path.exists():
+        return []
+    with Trajectory(str(path)) as traj:
+        return [(float(np.linalg.norm(a.get_forces(), axis=1).max()),
+                 float(a.get_potential_energy())) for a in traj]  # fmt: skip
+
+
+def write_database(table: str, database: str, log: str) -> None:
+    """An ASE database of every relaxed structure: `ase db results/results.db` reads it."""
+    import ase.db
+    import ase.io
+
+    log_to(log)
+    results = Path(table).parent
+    with atomic_path(database) as tmp, ase.db.connect(str(tmp), type="db") as db:
+        for row in _rows(table):
+            if row["status"] == "failed":
+                continue
+            relax = read_summary(results, row["id"], "relax")
+            atoms = ase.io.read(calc_dir(results, row["id"], "relax") / "final.extxyz")
+            atoms.info = {}
+            db.write(atoms, structure_id=row["id"], status=row["status"],
+                     converged=row["converged"] == "True", calculator_name=relax["calculator"],
+                     static_energy=float(row["static_energy"]),
+                     parameters_hash=digest(relax["parameters"]))  # fmt: skip
+    logger.info("database written: %s", database)
