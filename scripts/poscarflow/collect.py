@@ -9,7 +9,7 @@ from pathlib import Path
 
 from poscarflow import log_to
 from poscarflow.files import atomic_path
-from poscarflow.jobs import calc_dir, read_summary
+from poscarflow.jobs import FINAL, calc_dir, read_summary
 
 COLUMNS = (
     "id", "formula", "natoms", "status", "relaxed_energy", "static_energy",
@@ -61,7 +61,7 @@ def collect(ids: list[str], table: str, extxyz: str, log: str) -> None:
     with atomic_path(extxyz) as tmp, tmp.open("w") as out:
         for row in rows:
             if row["status"] != "failed":
-                out.write((calc_dir(results, row["id"], "relax") / "final.extxyz").read_text())
+                out.write((calc_dir(results, row["id"], "relax") / FINAL).read_text())
 
 
 def check(table: str, flag: str, log: str) -> None:

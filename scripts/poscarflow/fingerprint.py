@@ -60,10 +60,11 @@ def _imports(tree: ast.AST) -> set[str]:
     return {n for n in names if _module_file(n) is not None}
 
 
-def module_hashes(entry: str) -> dict[str, str]:
-    """Module name → hash of its normalised syntax tree, for `entry` and what it imports."""
+def module_hashes(*entries: str) -> dict[str, str]:
+    """Module name → hash of its normalised syntax tree, for `entries` and what they
+    import (names outside our package are skipped)."""
     hashes: dict[str, str] = {}
-    todo = [entry, PACKAGE]  # importing a submodule runs the package's __init__ too
+    todo = [*entries, PACKAGE]  # importing a submodule runs the package's __init__ too
     while todo:
         name = todo.pop()
         if name in hashes or (path := _module_file(name)) is None:
@@ -86,8 +87,8 @@ def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
 
 
 @cache
-def code_fingerprint(entry: str, packages: tuple[str, ...] = ()) -> dict:
-    """What a job running `entry` executes: module hashes, package versions, a digest."""
-    parts = {"modules": module_hashes(entry), "versions": package_versions(packages)}
+def code_fingerprint(entries: tuple[str, ...], packages: tuple[str, ...] = ()) -> dict:
+    """What a job running `entries` executes: module hashes, package versions, a digest."""
+    parts = {"modules": module_hashes(*entries), "versions": package_versions(packages)}
     text = json.dumps(parts, sort_keys=True)
     return parts | {"digest": hashlib.sha256(text.encode()).hexdigest()[:16]}

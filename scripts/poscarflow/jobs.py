@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("poscarflow")
 SUMMARY = "summary.json"
+FINAL = "final.extxyz"
 JOB_ENTRY = "poscarflow.worker"  # the module a relax or static job runs
 CODE_TRIGGER = "POSCARFLOW_CODE_TRIGGER"  # set by common.smk from --rerun-triggers
 
@@ -64,7 +65,8 @@ def read_summary(results: str | Path, sid: str, step: str) -> dict | None:
 
 def job_code(calculator: str) -> dict:
     """The code fingerprint of a relax or static job (see fingerprint.py)."""
-    return code_fingerprint(JOB_ENTRY, get_calculator(calculator).packages)
+    calc = get_calculator(calculator)
+    return code_fingerprint((JOB_ENTRY, calc.module), calc.packages)
 
 
 def rerun_on_code() -> bool:
@@ -198,7 +200,7 @@ def _attempts(
         logger.info("%s %s: attempt %d %s, restarting (policy %r)", step, sid, attempt,
                     failure, rule)  # fmt: skip
         if failure == "unconverged":  # continue from the last geometry, not from the input
-            start_atoms = ase_read(tmp / "POSCAR")
+            start_atoms = ase_read(tmp / FINAL)
             done_steps = summary["opt_steps"]
 
 
@@ -255,10 +257,10 @@ def summary_key(step: str, source: dict, spec: dict) -> str:
 
 
 def ase_read(path: Path) -> Atoms:
-    """Read a structure file written by us (POSCAR)."""
+    """Read the final structure a calculation wrote (extxyz: full precision, any cell)."""
     import ase.io
 
-    return ase.io.read(path, format="vasp")
+    return ase.io.read(path, format="extxyz")
 
 
 def _input_identity(step: str, sid: str, spec: dict, results: Path) -> dict:
@@ -269,7 +271,7 @@ def _input_identity(step: str, sid: str, spec: dict, results: Path) -> dict:
         return {"path": str(path), "file_hash": raw, "hash": spec["structure_hash"]}
     relax = read_summary(results, sid, "relax") or {}
     return {
-        "path": str(calc_dir(results, sid, "relax") / "POSCAR"),
+        "path": str(calc_dir(results, sid, "relax") / FINAL),
         "hash": relax.get("key", "missing"),
         "relax": relax,
     }
@@ -390,7 +392,8 @@ def _numbers(step: str, result: dict) -> dict:
 
 
 def _write_outputs(sid: str, result: dict, workdir: Path) -> None:
-    """Write the checkpoint files: full quacc result, final POSCAR, extxyz with forces."""
+    """Write the checkpoint files: full quacc result, the final structure as extxyz with
+    energy and forces, and as a POSCAR when it has a cell."""
     import ase.io
     from ase.calculators.singlepoint import SinglePointCalculator
     from monty.json import jsanitize
@@ -399,8 +402,9 @@ def _write_outputs(sid: str, result: dict, workdir: Path) -> None:
         json.dump(jsanitize(result, strict=False, enum_values=True), handle)
     atoms = result["atoms"].copy()
     atoms.info = {"id": sid}
-    ase.io.write(workdir / "POSCAR", atoms, format="vasp", direct=True)
+    if atoms.cell.rank == 3:
+        ase.io.write(workdir / "POSCAR", atoms, format="vasp", direct=True)
     atoms.calc = SinglePointCalculator(
         atoms, **{k: v for k, v in result["results"].items() if k in ("energy", "forces", "stress")}
     )
-    ase.io.write(workdir / "final.extxyz", atoms, format="extxyz")
+    ase.io.write(workdir / FINAL, atoms, format="extxyz")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from poscarflow import log_to
 from poscarflow.files import atomic_path
-from poscarflow.jobs import calc_dir, digest, read_summary
+from poscarflow.jobs import FINAL, calc_dir, digest, read_summary
 
 MOST_CURVES = 30  # convergence curves per figure: the structures that took most steps
 logger = logging.getLogger("poscarflow.plots")
@@ -97,7 +97,7 @@ def write_database(table: str, database: str, log: str) -> None:
             if row["status"] == "failed":
                 continue
             relax = read_summary(results, row["id"], "relax")
-            atoms = ase.io.read(calc_dir(results, row["id"], "relax") / "final.extxyz")
+            atoms = ase.io.read(calc_dir(results, row["id"], "relax") / FINAL)
             atoms.info = {}
             db.write(atoms, structure_id=row["id"], status=row["status"],
                      converged=row["converged"] == "True", calculator_name=relax["calculator"],

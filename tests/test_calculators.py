@@ -1,0 +1,89 @@
+"""tblite and CHGNet through the workflow's own job code, against direct calls."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ase.build import bulk, molecule
+from ase.io import write
+
+from poscarflow.jobs import job_code
+from poscarflow.plan import Plan
+from poscarflow.worker import dispatch
+from tests.conftest import example_config
+
+
+def _run(tmp_path: Path, calculator: str, structures: dict) -> dict[str, dict]:
+    """Relax + static of `structures` with one calculator, in-process; the summaries."""
+    import json
+
+    folder = tmp_path / "structures"
+    folder.mkdir()
+    for name, atoms in structures.items():
+        write(folder / f"{name}.extxyz", atoms)
+    relax = example_config()["relax"] | {"fmax": 0.05, "max_steps": 50}
+    config = example_config(structures=str(folder), calculator=calculator, relax=relax)
+    plan = Plan(config, tmp_path / ".hashes.json")
+    code = job_code(calculator)["digest"]
+    for batch in plan.batches:
+        for step in ("relax", "static"):
+            manifest = tmp_path / f"results/batches/{step}/{batch}.json"
+            dispatch(step, plan.batch_params(step, batch), str(manifest), str(tmp_path / "l"), code)
+    return {
+        name: json.loads((tmp_path / f"results/calcs/{name}/static/summary.json").read_text())
+        for name in structures
+    }
+
+
+def test_tblite_relax_and_static_match_a_direct_call(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("tblite")
+    from tblite.ase import TBLite
+
+    monkeypatch.chdir(tmp_path)
+    water, si = molecule("H2O"), bulk("Si", "diamond", a=5.43)
+    water.pbc, water.cell = False, None
+    statics = _run(tmp_path, "tblite-gfn2", {"water": water, "Si": si})
+    for name, summary in statics.items():
+        relaxed = (
+            __import__("ase.io", fromlist=["read"]).read(
+                tmp_path / f"results/calcs/{name}/relax/final.extxyz"
+            )
+            if summary["status"] == "done"
+            else None
+        )
+        assert summary["status"] == "done", summary
+        relaxed.calc = TBLite(method="GFN2-xTB", verbosity=0)
+        assert summary["energy"] == pytest.approx(relaxed.get_potential_energy(), abs=1e-6)
+
+
+CHGNET_DIRECT = """
+import sys
+from ase.io import read
+from chgnet.model import CHGNet
+from chgnet.model.dynamics import CHGNetCalculator
+atoms = read(sys.argv[1])
+atoms.calc = CHGNetCalculator(model=CHGNet.load(verbose=False), use_device="cpu")
+print(float(atoms.get_potential_energy()))
+"""
+
+
+def test_chgnet_relax_and_static_offline(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("chgnet")
+    monkeypatch.chdir(tmp_path)
+    nacl = bulk("NaCl", "rocksalt", a=5.7)
+    fe = bulk("Fe", "bcc", a=2.87, cubic=True)
+    fe.rattle(0.02, seed=1)
+    statics = _run(tmp_path, "chgnet", {"NaCl": nacl, "Fe": fe})
+    if not shutil.which("unshare"):
+        pytest.skip("unshare (util-linux) is needed to check CHGNet with no network")
+    for name, summary in statics.items():
+        assert summary["status"] == "done", summary
+        poscar = tmp_path / f"results/calcs/{name}/relax/final.extxyz"
+        # A direct call in a process with no network at all (its own network namespace).
+        out = subprocess.run(["unshare", "--net", sys.executable, "-c", CHGNET_DIRECT, poscar],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert summary["energy"] == pytest.approx(float(out.split()[-1]), abs=1e-5)
