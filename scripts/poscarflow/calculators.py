@@ -42,6 +42,9 @@ class Calculator:
         start-up dominates), one for expensive ones.
     kwargs
         Fixed keyword arguments of its recipes (e.g. the xTB method).
+    ase_optimizer
+        Whether relaxes use an ASE optimizer (fmax, max_steps → opt_params); VASP
+        relaxes with its own (fmax → EDIFFG = -fmax, max_steps → NSW).
     """
 
     module: str
@@ -49,6 +52,7 @@ class Calculator:
     elements: frozenset[str] | None
     batch_size: int
     kwargs: tuple[tuple[str, Any], ...] = ()
+    ase_optimizer: bool = True
 
     def recipe(self, step: str) -> Callable:
         """The quacc job function for `relax` or `static`, with the fixed kwargs bound."""
@@ -66,6 +70,14 @@ CALCULATORS: dict[str, Calculator] = {
         "quacc.recipes.tblite.core", ("tblite",), XTB_ELEMENTS, 10, (("method", "GFN1-xTB"),)
     ),
     "chgnet": Calculator("poscarflow.chgnet", ("chgnet", "torch"), CHGNET_ELEMENTS, 20),
+    "vasp": Calculator(
+        "quacc.recipes.vasp.core",
+        ("custodian",),
+        None,
+        1,
+        (("preset", "DefaultSetGGA"),),
+        ase_optimizer=False,
+    ),
 }
 
 

@@ -40,6 +40,7 @@ from poscarflow.structures import (
     read_structure,
     structure_hash,
 )
+from poscarflow.vasp import vasp_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -296,7 +297,7 @@ def _compute(
     try:
         atoms = start if start is not None else _load_atoms(step, spec, source)
         summary["input"]["structure_hash_read"] = structure_hash(atoms)
-        result = _run_quacc(recipe, step, spec[step], atoms, workdir)
+        result = _run_quacc(recipe, step, spec, atoms, workdir)
         summary |= _numbers(step, result)
         _write_outputs(sid, result, workdir)
     except BadInput as err:
@@ -327,31 +328,38 @@ def _load_atoms(step: str, spec: dict, source: dict) -> Atoms:
     return ase_read(Path(source["path"]))
 
 
-def _run_quacc(recipe: Callable, step: str, params: dict, atoms: Atoms, workdir: Path) -> dict:
+def _run_quacc(recipe: Callable, step: str, spec: dict, atoms: Atoms, workdir: Path) -> dict:
     """Call a quacc recipe with the calculation's files kept in `workdir`."""
     import ase.optimize
     from quacc import change_settings
 
+    calc, params = get_calculator(spec["calculator"]), spec[step]
     kwargs = dict(params.get("calc_kwargs", {}))
-    if step == "relax":
-        kwargs["relax_cell"] = params["relax_cell"]
-        kwargs["opt_params"] = {
-            "fmax": params["fmax"],
-            "max_steps": params["max_steps"],
-            "optimizer": getattr(ase.optimize, params["optimizer"]),
-        }
-        if (stop_at := deadline()) is not None:
-            kwargs["opt_params"]["stop_condition"] = lambda _: time.time() > stop_at
     settings = {
         "RESULTS_DIR": workdir.resolve(),
         "SCRATCH_DIR": None,
         "CREATE_UNIQUE_DIR": False,
         "GZIP_FILES": False,
-        "CHECK_CONVERGENCE": False,
-    }  # unconverged is recorded, not raised
+        "CHECK_CONVERGENCE": False,  # unconverged is recorded, not raised
+    }
+    if spec["calculator"] == "vasp":
+        settings |= vasp_settings()
+    if step == "relax":
+        kwargs["relax_cell"] = params["relax_cell"]
+        if calc.ase_optimizer:
+            kwargs["opt_params"] = {
+                "fmax": params["fmax"],
+                "max_steps": params["max_steps"],
+                "optimizer": getattr(ase.optimize, params["optimizer"]),
+            }
+            if (stop_at := deadline()) is not None:
+                kwargs["opt_params"]["stop_condition"] = lambda _: time.time() > stop_at
+        else:
+            kwargs |= {"ediffg": -params["fmax"], "nsw": params["max_steps"]}
     with change_settings(settings):
         result = recipe(atoms, **kwargs)
-    if step == "relax" and not result["converged"] and (deadline() or 1e30) < time.time():
+    converged = result.get("converged", True)
+    if step == "relax" and not converged and (deadline() or 1e30) < time.time():
         steps = len(result["trajectory"]) - 1
         raise WallTimeReached(f"relax stopped after {steps} steps, before the time limit")
     return result

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from poscarflow.calculators import get_calculator
-from poscarflow.structures import StructureFile, cached_content_hashes, discover
+from poscarflow.structures import StructureFile, cached_contents, discover
 
 STEPS = ("relax", "static")
 NUMBER_TYPES = {"fmax": float, "max_steps": int, "min_distance": float}
@@ -90,9 +90,20 @@ class Plan:
         return {s.id: s for s in discover(self.config["structures"])}
 
     @cached_property
-    def structure_hashes(self) -> dict[str, str]:
-        """Structure id → content hash (cached in `.snakemake/`, see structures.py)."""
-        return cached_content_hashes(list(self.structures.values()), self.hash_cache)
+    def contents(self) -> dict[str, tuple[str, list[str]]]:
+        """Structure id → (content hash, elements), cached in `.snakemake/`."""
+        return cached_contents(list(self.structures.values()), self.hash_cache)
+
+    @cached_property
+    def elements(self) -> set[str]:
+        """Every element of every readable structure."""
+        return {el for _, elements in self.contents.values() for el in elements}
+
+    @property
+    def vasp_presets(self) -> set[str]:
+        """The VASP presets relax and static use (registry default or calc_kwargs)."""
+        default = dict(get_calculator("vasp").kwargs)["preset"]
+        return {self.config[step]["calc_kwargs"].get("preset", default) for step in STEPS}
 
     @cached_property
     def batches(self) -> dict[str, list[str]]:
@@ -123,7 +134,7 @@ class Plan:
                 "relax": common
                 | {
                     "path": structure.path,
-                    "structure_hash": self.structure_hashes[sid],
+                    "structure_hash": self.contents[sid][0],
                     "format": structure.format,
                     "checks": _normalise(self.config["checks"]),
                     "relax": _normalise(settings["relax"]),

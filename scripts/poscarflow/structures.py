@@ -220,21 +220,24 @@ def structure_hash(atoms: Atoms) -> str:
     return digest.hexdigest()[:16]
 
 
-def content_hash(structure: StructureFile) -> str:
-    """The structure hash of a file, or (if ASE cannot read it) a hash of its bytes."""
+def content(structure: StructureFile) -> tuple[str, list[str]]:
+    """The structure hash of a file and its elements; for a file ASE cannot read, a hash
+    of its bytes and no elements (the relax job will explain what is wrong)."""
     import ase.io
 
     try:
         images = ase.io.read(structure.path, index=":", format=structure.format)
         if len(images) == 1:
-            return structure_hash(images[0])
+            return structure_hash(images[0]), sorted(set(images[0].get_chemical_symbols()))
     except Exception:  # unreadable now: a bad input the relax job will explain
         pass
-    return "file-" + file_hash(structure.path)
+    return "file-" + file_hash(structure.path), []
 
 
-def cached_content_hashes(structures: list[StructureFile], cache_file: Path) -> dict[str, str]:
-    """Structure id → content_hash, reading only files whose size or mtime changed.
+def cached_contents(
+    structures: list[StructureFile], cache_file: Path
+) -> dict[str, tuple[str, list[str]]]:
+    """Structure id → `content`, reading only files whose size or mtime changed.
 
     Runs at DAG-build time: a second `snakemake -n` on 10,000 unchanged files only stats
     them. Touching a file rereads it and gives the same hash, so nothing reruns.
@@ -242,15 +245,16 @@ def cached_content_hashes(structures: list[StructureFile], cache_file: Path) -> 
     from poscarflow.files import read_json, write_json
 
     cache = read_json(cache_file) or {}
-    hashes, changed = {}, False
+    hashes: dict[str, tuple[str, list[str]]] = {}
+    changed = False
     for structure in structures:
         stat = os.stat(structure.path)
         stamp = f"{structure.format}:{stat.st_size}:{stat.st_mtime_ns}"
         entry = cache.get(structure.path)
-        if entry is None or entry[0] != stamp:
-            entry = cache[structure.path] = [stamp, content_hash(structure)]
+        if entry is None or entry[0] != stamp or len(entry) != 3:
+            entry = cache[structure.path] = [stamp, *content(structure)]
             changed = True
-        hashes[structure.id] = entry[1]
+        hashes[structure.id] = (entry[1], entry[2])
     if changed:
         write_json(cache_file, cache)
     return hashes

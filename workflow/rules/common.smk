@@ -7,9 +7,13 @@ from poscarflow import worker
 from poscarflow.jobs import CODE_TRIGGER, job_code
 from poscarflow.plan import Plan
 from poscarflow.policy import escalated
+from poscarflow.vasp import check_potcars
 
 RESULTS = "results"
 PLAN = Plan(config)
+if config["calculator"] == "vasp":  # every POTCAR, before anything is submitted
+    for preset in PLAN.vasp_presets:
+        check_potcars(PLAN.elements, preset)
 # The code a relax or static job runs (our modules and package versions): it is part of
 # the shell command so that Snakemake's own `code` trigger sees it.
 CODE = job_code(config["calculator"])["digest"]
