@@ -33,6 +33,7 @@ class Workflow:
         for name in ("workflow", "scripts", "profiles"):
             shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         (root / "config").mkdir()
+        shutil.copy2(REPO / "config" / "restart_policy.yaml", root / "config")
         self.structures = root / "structures"
         self.structures.mkdir()
         self.config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
