@@ -14,6 +14,7 @@ from poscarflow import policy
 from poscarflow.jobs import job_code, run_or_reuse
 from poscarflow.plan import Plan
 from poscarflow.policy import read_history
+from poscarflow.worker import dispatch
 from tests.conftest import SNAKEMAKE, Workflow, example_config
 
 
@@ -249,3 +250,31 @@ def test_resources_escalate_with_recorded_failures_and_reset(tmp_path, monkeypat
     assert policy.escalated(1000, "oom", 1, folders) == 3000  # capped
     policy.append_history(folders[1], {"event": "reset", "step": "relax"})
     assert policy.escalated(1000, "oom", 1, folders) == 1000
+
+
+def test_database_takes_parameter_hashes_that_look_like_numbers(tmp_path, monkeypatch) -> None:
+    """Regression: ase.db refused the key '2e28615391847580' (read as a float)."""
+    import ase.db
+
+    from poscarflow import plots
+
+    monkeypatch.chdir(tmp_path)
+    Path("structures").mkdir()
+    from ase.build import bulk
+    from ase.io import write
+
+    write("structures/Ar.vasp", bulk("Ar", "fcc", a=5.3), format="vasp")
+    relax = example_config()["relax"] | {"max_steps": 2}
+    plan = Plan(example_config(structures="structures", calculator="lj", relax=relax),
+                tmp_path / ".h.json")  # fmt: skip
+    code = job_code("lj")["digest"]
+    for step in ("relax", "static"):
+        dispatch(step, plan.batch_params(step, "batch0"), f"results/batches/{step}/batch0.json",
+                 "logs/l.log", code)  # fmt: skip
+    from poscarflow.collect import collect
+
+    collect(["Ar"], "results/summary.csv", "results/relaxed.extxyz", "logs/c.log")
+    monkeypatch.setattr(plots, "digest", lambda _: "2e28615391847580")
+    plots.write_database("results/summary.csv", "results/results.db", "logs/d.log")
+    (row,) = ase.db.connect("results/results.db").select()
+    assert row.parameters_hash == "sha256:2e28615391847580"

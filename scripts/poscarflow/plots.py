@@ -102,5 +102,5 @@ def write_database(table: str, database: str, log: str) -> None:
             db.write(atoms, structure_id=row["id"], status=row["status"],
                      converged=row["converged"] == "True", calculator_name=relax["calculator"],
                      static_energy=float(row["static_energy"]),
-                     parameters_hash=digest(relax["parameters"]))  # fmt: skip
+                     parameters_hash="sha256:" + digest(relax["parameters"]))  # fmt: skip
     logger.info("database written: %s", database)

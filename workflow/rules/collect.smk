@@ -18,6 +18,7 @@ rule collect:
         extxyz=f"{RESULTS}/relaxed.extxyz",
     log:
         "logs/collect.log",
+    retries: 0
     conda:
         "../envs/poscarflow.yaml"
     params:
@@ -33,6 +34,7 @@ rule check:
         f"{RESULTS}/.complete",
     log:
         "logs/check.log",
+    retries: 0
     conda:
         "../envs/poscarflow.yaml"
     script:
@@ -60,6 +62,7 @@ rule plots:
         ),
     log:
         "logs/plots.log",
+    retries: 0
     conda:
         "../envs/poscarflow.yaml"
     script:
@@ -73,6 +76,7 @@ rule database:
         f"{RESULTS}/results.db",
     log:
         "logs/database.log",
+    retries: 0
     conda:
         "../envs/poscarflow.yaml"
     script:
