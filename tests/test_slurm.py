@@ -5,13 +5,14 @@ starts it too if it is installable and not running) and skips, saying why, where
 cannot be installed or started. Jobs really go through sbatch: every calculation records
 the SLURM job that ran it.
 
-The TIMEOUT scenario costs about 2.5 minutes, mostly waiting (SLURM's shortest time limit
-is one minute, its kill comes up to 30 s later, and the plugin polls less often the
-longer nothing finishes), so it is started first, in the background, and checked last.
+The TIMEOUT scenario costs about 4 minutes, mostly waiting (SLURM's shortest time limit
+is one minute, then a retry with three), so it is started first, in the background, and
+checked last.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -25,6 +26,7 @@ from ase.build import bulk
 from ase.io import write
 
 from poscarflow.plan import assign_batches
+from poscarflow.policy import read_history
 from tests.conftest import REPO, SNAKEMAKE, Workflow
 
 if TYPE_CHECKING:
@@ -115,22 +117,28 @@ def job_ids(workflow: Workflow, ids: list[str] | tuple[str, ...]) -> set[str | N
 def timeout_run(partition: str, tmp_path_factory: pytest.TempPathFactory):
     """Start the TIMEOUT scenario now, in the background (see the module docstring).
 
-    A relax that cannot finish: 500 rattled atoms (EMT + BFGS, seconds per step) with
-    fmax 1e-12 and no step limit to speak of, under a 1-minute wall time. The relax and
-    static of a batch are one group job whose wall time is the sum of theirs, hence
-    static:runtime=0. No retries: a retry would time out again. A far POSCARFLOW_DEADLINE
+    A relax that needs about two minutes here (500 rattled Cu atoms, EMT + BFGS) asks
+    for one: this copy's relax rule has a base runtime of 1 minute instead of 120, and
+    its escalation factor is 3, so SLURM ends the first attempt (TIMEOUT) and
+    Snakemake's retry gets 3 minutes, in which the relax continues from its last
+    optimizer step and finishes. The relax and static of a batch are one group job whose
+    wall time is the sum of theirs, hence static:runtime=0. A far POSCARFLOW_DEADLINE
     turns off the relax's clean stop shortly before the limit (tested elsewhere), which
     otherwise ends it first: here SLURM itself must end the job, as it does when one
     optimizer step takes longer than that margin.
     """
     workflow = Workflow(tmp_path_factory.mktemp("timeout") / "wf")
+    rule = workflow.root / "workflow/rules/relax.smk"
+    rule.write_text(rule.read_text().replace("escalating(120,", "escalating(1,"))
+    policy = workflow.root / "config/restart_policy.yaml"
+    policy.write_text(policy.read_text().replace("factor: 1.5", "factor: 3"))
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((5, 5, 5))
     atoms.rattle(0.1, seed=1)
     write(workflow.structures / f"{SLOW_ID}.vasp", atoms, format="vasp")
     workflow.config["batch_size"] = 1
-    workflow.config["overrides"] = {SLOW_ID: {"relax": {"fmax": 1e-12, "max_steps": 10**6}}}
+    workflow.config["overrides"] = {SLOW_ID: {"relax": {"fmax": 1e-3, "max_steps": 1000}}}
     workflow.write_config()
-    args = ["--retries", "0", "--set-resources", "relax:runtime=1", "static:runtime=0"]
+    args = ["--retries", "1", "--set-resources", "static:runtime=0"]
     log = workflow.root / "snakemake-output.txt"
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -239,15 +247,32 @@ def test_sbatch_calls_for_100_structures(workflow: Workflow, partition: str) -> 
     assert job_ids(workflow, ids) == set(submitted)
 
 
-def test_timeout_is_reported(timeout_run) -> None:
+def test_timeout_is_reported_and_retried_with_more_time(timeout_run) -> None:
     proc, log, workflow = timeout_run
-    proc.wait(timeout=480)
+    proc.wait(timeout=600)
     output = log.read_text()
-    assert proc.returncode != 0
-    (job_id,) = SUBMITTED.findall(output)
+    assert proc.returncode == 0, output[-5000:]
+    first, retry = SUBMITTED.findall(output)
     # SLURM's own report, from the job's SLURM log (show-failed-logs in the profile)
-    assert f"*** JOB {job_id} ON " in output
+    assert f"*** JOB {first} ON " in output
     assert "DUE TO TIME LIMIT ***" in output
-    job = slurm_job(job_id)
-    assert (job["state"], minutes(job["limit"])) == ("TIMEOUT", 1)
-    assert not (workflow.root / "results/calcs" / SLOW_ID / "relax").exists()
+    assert "Trying to restart job" in output
+    timed_out, done = slurm_job(first), slurm_job(retry)
+    assert (timed_out["state"], minutes(timed_out["limit"])) == ("TIMEOUT", 1)
+    assert (done["state"], minutes(done["limit"])) == ("COMPLETED", 3)
+
+    relax = workflow.summary(SLOW_ID, "relax")
+    assert (relax["status"], relax["attempts"], relax["slurm_job_id"]) == ("done", 2, retry)
+    history = [
+        r for r in read_history(workflow.root / "results/calcs" / SLOW_ID, "relax")
+        if r["event"] == "end"
+    ]  # fmt: skip
+    assert [(r["attempt"], r["failure"]) for r in history] == [(1, "timeout"), (2, None)]
+    assert "SLURM: TIMEOUT" in history[0]["reason"]
+    # the retry continued from the first attempt's last step, not from the input
+    (batch_log,) = (workflow.root / "logs/relax").glob("*.log")
+    continued = re.search(r"continuing from optimizer step (\d+)", batch_log.read_text())
+    assert continued
+    assert 0 < int(continued.group(1)) < relax["opt_steps"]
+    (row,) = json.loads(workflow.cli("status", "--json"))
+    assert (row["state"], row["attempts"]["relax"]) == ("done", 2)

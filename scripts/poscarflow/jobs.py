@@ -32,7 +32,16 @@ from poscarflow.policy import (
     read_policy,
     restarts_used,
 )
-from poscarflow.resume import MARKER, WallTimeReached, deadline, interrupted, last_step
+from poscarflow.resume import (
+    MARKER,
+    OPT_STATE,
+    WallTimeReached,
+    deadline,
+    interrupted,
+    last_step,
+    optimizer_state,
+    resumable,
+)
 from poscarflow.structures import (
     BadInput,
     StructureFile,
@@ -148,25 +157,21 @@ def _attempts(
     """
     policy = read_policy()
     history = final.parent
-    start_atoms, done_steps = None, 0
+    start_atoms, done_steps, state = None, 0, None
     if step == "relax" and (resumed := last_step(final, identity["key"])):
-        start_atoms, done_steps = resumed
+        start_atoms, done_steps, state = resumed
         logger.info("%s %s: continuing from optimizer step %d", step, sid, done_steps)
     remove_leftovers(final)
-    if (dead := interrupted(read_history(history, step))) is not None:
-        give_up = _close_interrupted(dead, history, policy, identity["key"])
-        if give_up:
-            summary = {"id": sid, "step": step, "calculator": spec["calculator"],
-                       "parameters": spec, "status": "failed", "failure": dead["failure"],
-                       "reason": dead["reason"], "attempts": dead["attempt"]}  # fmt: skip
-            return _publish(
-                summary | identity, final.with_name(f".{step}.tmp-{os.getpid()}"), final
-            )
+    dead = interrupted(read_history(history, step))
+    if dead is not None and _close_interrupted(dead, history, policy, identity["key"]):
+        return _give_up(dead, spec, final, identity)
     while True:
         tmp = final.with_name(f".{step}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         write_json(tmp / MARKER, {"key": identity["key"], "done_steps": done_steps})
+        if state is not None:  # the optimizer continues where it stopped
+            (tmp / OPT_STATE).write_bytes(state)
         attempt = 1 + sum(r.get("event") == "end" for r in read_history(history, step))
         append_history(history, {"event": "start", "step": step, "attempt": attempt,
                                  "time": _now(), "host": socket.gethostname(),
@@ -201,7 +206,7 @@ def _attempts(
         logger.info("%s %s: attempt %d %s, restarting (policy %r)", step, sid, attempt,
                     failure, rule)  # fmt: skip
         if failure == "unconverged":  # continue from the last geometry, not from the input
-            start_atoms = ase_read(tmp / FINAL)
+            start_atoms, state = ase_read(tmp / FINAL), optimizer_state(tmp)
             done_steps = summary["opt_steps"]
 
 
@@ -240,7 +245,8 @@ def _give_up(dead: dict, spec: dict, final: Path, identity: dict) -> dict:
 def _publish(summary: dict, tmp: Path, final: Path) -> dict:
     """Write the summary last and move the finished folder into place."""
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / MARKER).unlink(missing_ok=True)
+    for scratch in (MARKER, OPT_STATE):  # only an unfinished attempt needs them
+        (tmp / scratch).unlink(missing_ok=True)
     write_json(tmp / SUMMARY, summary)
     publish_dir(tmp, final)
     logger.info("%s %s: %s %s", summary["step"], summary["id"], summary["status"],
@@ -350,7 +356,9 @@ def _run_quacc(recipe: Callable, step: str, spec: dict, atoms: Atoms, workdir: P
             kwargs["opt_params"] = {
                 "fmax": params["fmax"],
                 "max_steps": params["max_steps"],
-                "optimizer": getattr(ase.optimize, params["optimizer"]),
+                "optimizer": resumable(getattr(ase.optimize, params["optimizer"])),
+                # its state at every step, where a later attempt finds it (resume.py)
+                "optimizer_kwargs": {"restart": str(workdir.resolve() / OPT_STATE)},
             }
             if (stop_at := deadline()) is not None:
                 kwargs["opt_params"]["stop_condition"] = lambda _: time.time() > stop_at

@@ -9,6 +9,7 @@ never deleted by a rerun, so budgets survive a restart of Snakemake.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,8 @@ def restarts_used(history: list[dict[str, Any]], rule: str) -> int:
 def escalated(base: int, failure: str, attempt: int, folders: list[Path]) -> int:
     """A resource for a batch job: `base` grown by the escalation factor once per retry
     (Snakemake's `attempt`) or per `failure` recorded for any of the batch's structures
-    since its last reset, whichever is more, so it survives a restart of Snakemake."""
+    since its last reset, whichever is more, so it survives a restart of Snakemake.
+    Rounded up: SLURM takes whole minutes and megabytes."""
     settings = read_escalation()
     seen = 0
     for folder in folders:
@@ -141,4 +143,4 @@ def escalated(base: int, failure: str, attempt: int, folders: list[Path]) -> int
         seen = max(seen, count)
     cap = settings["max_mem_mb"] if failure == "oom" else settings["max_runtime"]
     grown = base * settings["factor"] ** max(attempt - 1, seen)
-    return int(min(grown, max(cap, base)))
+    return math.ceil(min(grown, max(cap, base)))

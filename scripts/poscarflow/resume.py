@@ -3,12 +3,15 @@
 An attempt computes in `results/calcs/<id>/.<step>.tmp-<pid>/` and writes `attempt.json`
 there first. If it is killed (out of time or memory, preempted, node lost, Ctrl-C), the
 folder stays: the next attempt finds the last completed optimizer step in quacc's
-`opt.traj` and continues from that geometry, and it closes the dead attempt in the task
-history with the reason SLURM gives for it.
+`opt.traj` and continues from that geometry with the optimizer's state (the restart file
+ASE optimizers write at every step, e.g. BFGS's Hessian), so it takes the path the killed
+one would have taken; and it closes the dead attempt in the task history with the reason
+SLURM gives for it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -16,12 +19,13 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from poscarflow.files import read_json
+from poscarflow.files import atomic_path, read_json
 
 if TYPE_CHECKING:
     from ase import Atoms
 
 MARKER = "attempt.json"
+OPT_STATE = "optimizer-state.json"  # the ASE optimizer's restart file, in an attempt folder
 DEADLINE = "POSCARFLOW_DEADLINE"  # epoch seconds; set from SLURM's time limit if unset
 # SLURM job states → failure classes of the restart policy.
 SLURM_CLASSES = {
@@ -34,11 +38,12 @@ SLURM_CLASSES = {
 }
 
 
-def last_step(final: Path, key: str) -> tuple[Atoms, int] | None:
-    """Geometry and total step count of the furthest interrupted relax with this key."""
+def last_step(final: Path, key: str) -> tuple[Atoms, int, bytes | None] | None:
+    """Geometry, total step count and optimizer state of the furthest interrupted relax
+    with this key."""
     from ase.io.trajectory import Trajectory
 
-    best: tuple[Atoms, int] | None = None
+    best: tuple[Atoms, int, bytes | None] | None = None
     for marker in final.parent.glob(f".{final.name}.tmp-*/{MARKER}"):
         info = read_json(marker) or {}
         if info.get("key") != key:
@@ -52,8 +57,34 @@ def last_step(final: Path, key: str) -> tuple[Atoms, int] | None:
                 pass
             steps = info.get("done_steps", 0) + len(frames) - 1
             if frames and (best is None or steps > best[1]):
-                best = (frames[-1], steps)
+                best = (frames[-1], steps, optimizer_state(marker.parent))
     return best
+
+
+def optimizer_state(folder: Path) -> bytes | None:
+    """The optimizer's restart file in an attempt folder, or None if there is none or the
+    kill cut it (then the optimizer starts afresh from the geometry)."""
+    try:
+        data = (folder / OPT_STATE).read_bytes()
+        json.loads(data)
+    except (FileNotFoundError, ValueError):
+        return None
+    return data
+
+
+def resumable(optimizer: type) -> type:
+    """`optimizer` with its restart file written atomically. ASE writes it in place, so a
+    kill during the write (for a large cell, most of a step's time) would leave a cut
+    file and the next attempt without the optimizer's state."""
+
+    def dump(self, data) -> None:
+        from ase.io.jsonio import write_json
+
+        if self.comm.rank == 0 and self.restart is not None:
+            with atomic_path(self.restart) as tmp, tmp.open("w") as fd:
+                write_json(fd, data)
+
+    return type(optimizer.__name__, (optimizer,), {"dump": dump})
 
 
 def slurm_state(job_id: str | None) -> str | None:
