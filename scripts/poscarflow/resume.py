@@ -88,7 +88,12 @@ def resumable(optimizer: type) -> type:
 
 
 def slurm_state(job_id: str | None) -> str | None:
-    """The state SLURM reports for a job (kept for MinJobAge after it ends), or None."""
+    """The state SLURM reports for a job (kept for MinJobAge after it ends), or None.
+
+    A job one of whose processes the cgroup killed for memory (say, the calculation,
+    while Snakemake in the job lived on) ends FAILED, not OUT_OF_MEMORY; SLURM then says
+    so only in the job's log ("Detected 1 oom-kill event(s)"), which is read here.
+    """
     if not job_id:
         return None
     try:
@@ -97,7 +102,20 @@ def slurm_state(job_id: str | None) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
-    return fields.get("JobState")
+    state = fields.get("JobState")
+    if state == "FAILED" and "oom-kill event" in _tail(fields.get("StdErr")):
+        return "OUT_OF_MEMORY"
+    return state
+
+
+def _tail(path: str | None, size: int = 20_000) -> str:
+    """The end of a text file, or "" if it cannot be read."""
+    try:
+        with open(path or "", "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - size))
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def interrupted(history: list[dict[str, Any]]) -> dict[str, Any] | None:
