@@ -54,12 +54,15 @@ class Workflow:
         """The environment of Snakemake and its jobs: this copy's package comes first."""
         return os.environ | {"PYTHONPATH": str(self.root / "scripts")}
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        """Run Snakemake here; return the finished process (stdout and stderr merged)."""
+    def run(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        """Run Snakemake here, with `env` added to the environment; return the finished
+        process (stdout and stderr merged)."""
         proc = subprocess.run(
             [*SNAKEMAKE, "--cores", "2", *args],
             cwd=self.root,
-            env=self.env,
+            env=self.env | (env or {}),
             capture_output=True,
             text=True,
             check=False,

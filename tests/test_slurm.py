@@ -71,26 +71,12 @@ def partition() -> Iterator[str]:
         _sh("bash", "scripts/slurm-local.sh", "stop")
 
 
-def slurm_run(
-    workflow: Workflow, partition: str, *args: str, check: bool = True
-) -> subprocess.CompletedProcess:
-    """`snakemake --profile profiles/slurm` in a workflow copy, as a user runs it.
-
-    Not Workflow.run: the partition comes from the environment. `--cores 2` because this
-    node has 2 CPUs: it caps a group job's CPUs (the profile puts 4 batches in one job).
-    """
-    proc = subprocess.run(
-        [*SNAKEMAKE, "--profile", "profiles/slurm", "--cores", "2", *FAST_POLLING, *args],
-        cwd=workflow.root,
-        env=workflow.env | {PARTITION: partition},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    proc.output = proc.stdout + proc.stderr
-    if check and proc.returncode != 0:
-        pytest.fail(f"snakemake --profile profiles/slurm failed:\n{proc.output[-5000:]}")
-    return proc
+def slurm_run(workflow: Workflow, partition: str, *args: str) -> subprocess.CompletedProcess:
+    """`snakemake --profile profiles/slurm` in a workflow copy, as a user runs it, with the
+    partition in the environment. (Workflow.run's `--cores 2` matters: this node has 2
+    CPUs, and it caps a group job's CPUs; the profile puts 4 batches in one job.)"""
+    profile = ("--profile", "profiles/slurm", *FAST_POLLING)
+    return workflow.run(*profile, *args, env={PARTITION: partition})
 
 
 def small_limits(workflow: Workflow, resource: str, bases: dict[str, int], factor: int) -> None:
