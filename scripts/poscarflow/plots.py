@@ -11,6 +11,7 @@ from poscarflow.files import atomic_path
 from poscarflow.jobs import FINAL, calc_dir, digest, read_summary
 
 MOST_CURVES = 30  # convergence curves per figure: the structures that took most steps
+MOST_BARS = 60  # one bar per structure up to this many, a histogram beyond
 logger = logging.getLogger("poscarflow.plots")
 
 
@@ -36,12 +37,9 @@ def plot_all(table: str, energies: str, convergence: str, volumes: str, log: str
     rows = [r for r in _rows(table) if r["status"] != "failed"]
     results = Path(table).parent
     ids = [r["id"] for r in rows]
-    height = max(3.0, 0.25 * len(rows))
 
-    fig, ax = plt.subplots(figsize=(7, height))
-    ax.barh(ids, [float(r["energy_per_atom"]) for r in rows], color="tab:blue")
-    ax.set(xlabel="static energy per atom (eV/atom)", title="Energy per atom")
-    ax.invert_yaxis()
+    fig, ax = _per_structure(plt, ids, [float(r["energy_per_atom"]) for r in rows],
+                             "static energy per atom (eV/atom)", "Energy per atom")  # fmt: skip
     _save(fig, energies)
 
     fig, (forces, energy) = plt.subplots(1, 2, figsize=(11, 4))
@@ -61,16 +59,31 @@ def plot_all(table: str, energies: str, convergence: str, volumes: str, log: str
         energy.legend(fontsize="small")
     _save(fig, convergence)
 
-    fig, ax = plt.subplots(figsize=(7, height))
     change = [100 * (float(r["volume_final"]) / float(r["volume_initial"]) - 1)
               if r["volume_final"] and r["volume_initial"] else 0.0 for r in rows]  # fmt: skip
-    ax.barh(ids, change, color=["tab:red" if c > 0 else "tab:green" for c in change])
-    ax.set(xlabel="volume change on relaxation (%)", title="Volume change")
+    fig, ax = _per_structure(plt, ids, change, "volume change on relaxation (%)",
+                             "Volume change", colors=["tab:red" if c > 0 else "tab:green"
+                                                      for c in change])  # fmt: skip
     ax.axvline(0, color="black", lw=0.8)
-    ax.invert_yaxis()
     _save(fig, volumes)
     plt.close("all")
     logger.info("plotted %d structures", len(rows))
+
+
+def _per_structure(plt, ids: list[str], values: list[float], xlabel: str, title: str, *,
+                   colors: list[str] | None = None):  # fmt: skip
+    """A bar per structure for a few; a histogram for many, where bars would make a
+    picture too tall to open (10,000 structures: 300,000 pixels)."""
+    if len(ids) <= MOST_BARS:
+        fig, ax = plt.subplots(figsize=(7, max(3.0, 0.25 * len(ids))))
+        ax.barh(ids, values, color=colors or "tab:blue")
+        ax.invert_yaxis()
+        ax.set(xlabel=xlabel, title=title)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.hist(values, bins=min(100, len(values) // 10), color="tab:blue")
+        ax.set(xlabel=xlabel, ylabel="structures", title=f"{title} ({len(ids)} structures)")
+    return fig, ax
 
 
 def _trajectory(path: Path) -> list[tuple[float, float]]:
