@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from poscarflow import policy
 from poscarflow.jobs import job_code, run_or_reuse
 from poscarflow.plan import Plan
 from poscarflow.policy import read_history
 from poscarflow.worker import dispatch
-from tests.conftest import SNAKEMAKE, Workflow, example_config
+from tests.conftest import REPO, SNAKEMAKE, Workflow, example_config
 
 
 def test_policy_add_get_remove_clear_like_alchemiscale(tmp_path: Path) -> None:
@@ -315,3 +316,26 @@ def test_plots_of_many_structures_stay_a_picture(tmp_path) -> None:
         width, height = Image.open(path).size
         assert width < 2000
         assert height < 1000
+
+
+SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+OPTIMIZERS = SCHEMA["$defs"]["relax"]["properties"]["optimizer"]["enum"]  # all accepted
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_continues_from_its_restart_file(name: str, tmp_path: Path) -> None:
+    """Regression: GPMin has a dump() of its own, which the atomic one replaced."""
+    import ase.optimize
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from poscarflow.resume import resumable
+
+    atoms = bulk("Cu", cubic=True) * 2
+    atoms.rattle(0.1, seed=1)
+    atoms.calc = EMT()
+    optimizer = resumable(getattr(ase.optimize, name))
+    restart = tmp_path / "state.json"
+    for _ in range(2):  # the second starts from the first's restart file
+        optimizer(atoms, restart=str(restart), logfile=None).run(fmax=1e-3, steps=2)
+    assert restart.stat().st_size > 0

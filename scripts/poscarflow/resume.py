@@ -75,7 +75,12 @@ def optimizer_state(folder: Path) -> bytes | None:
 def resumable(optimizer: type) -> type:
     """`optimizer` with its restart file written atomically. ASE writes it in place, so a
     kill during the write (for a large cell, most of a step's time) would leave a cut
-    file and the next attempt without the optimizer's state."""
+    file and the next attempt without the optimizer's state. Optimizers with a dump of
+    their own (GPMin) are left as they are."""
+    from ase.optimize.optimize import Optimizer
+
+    if optimizer.dump is not Optimizer.dump:
+        return optimizer
 
     def dump(self, data) -> None:
         from ase.io.jsonio import write_json
