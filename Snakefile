@@ -22,12 +22,12 @@ rule all:
 
 
 onstart:
-    start_worker()
+    start_pool()
 
 
 onsuccess:
-    stop_worker()
+    stop_pool()
 
 
 onerror:
-    stop_worker()
+    stop_pool()

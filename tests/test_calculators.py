@@ -11,10 +11,8 @@ import pytest
 from ase.build import bulk, molecule
 from ase.io import write
 
-from poscarflow.jobs import job_code
 from poscarflow.plan import Plan
-from poscarflow.worker import dispatch
-from tests.conftest import example_config
+from tests.conftest import example_config, run_step
 
 
 def _run(tmp_path: Path, calculator: str, structures: dict) -> dict[str, dict]:
@@ -28,11 +26,8 @@ def _run(tmp_path: Path, calculator: str, structures: dict) -> dict[str, dict]:
     relax = example_config()["relax"] | {"fmax": 0.05, "max_steps": 50}
     config = example_config(structures=str(folder), calculator=calculator, relax=relax)
     plan = Plan(config, tmp_path / ".hashes.json")
-    code = job_code(calculator)["digest"]
-    for batch in plan.batches:
-        for step in ("relax", "static"):
-            manifest = tmp_path / f"results/batches/{step}/{batch}.json"
-            dispatch(step, plan.batch_params(step, batch), str(manifest), str(tmp_path / "l"), code)
+    for step in ("relax", "static"):
+        run_step(plan, step)
     return {
         name: json.loads((tmp_path / f"results/calcs/{name}/static/summary.json").read_text())
         for name in structures
@@ -71,6 +66,7 @@ print(float(atoms.get_potential_energy()))
 """
 
 
+@pytest.mark.slow
 def test_chgnet_relax_and_static_offline(tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("chgnet")
     monkeypatch.chdir(tmp_path)

@@ -58,9 +58,9 @@ def test_change_in_an_imported_module_counts(package: Path) -> None:
 
 
 def test_fingerprint_of_the_real_job_has_versions() -> None:
-    code = code_fingerprint(("poscarflow.worker", "poscarflow.chgnet"), ("ase",))
+    code = code_fingerprint(("poscarflow.job", "poscarflow.chgnet"), ("ase",))
     assert "poscarflow.chgnet" in code["modules"]
-    assert "poscarflow.jobs" in code["modules"]
+    assert "poscarflow.compute" in code["modules"]
     assert "poscarflow.structures" in code["modules"]
     assert set(code["versions"]) == {"quacc", "ase", "pymatgen"}
     assert len(code["digest"]) == 16

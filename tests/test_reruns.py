@@ -39,7 +39,7 @@ def test_guild_restart_scenario(workflow: Workflow) -> None:
     workflow.config["batch_size"] = 1
     workflow.add_examples("Cu_fcc", "Al_fcc", "Ni_fcc")
     workflow.write_config()
-    jobs = workflow.root / "scripts" / "poscarflow" / "jobs.py"
+    jobs = workflow.root / "scripts" / "poscarflow" / "compute.py"
 
     # Run with defaults, then restart one structure with explicit new values: only it runs.
     assert ran(workflow) == both("Cu_fcc", "Al_fcc", "Ni_fcc")

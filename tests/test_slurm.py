@@ -25,8 +25,8 @@ import yaml
 from ase.build import bulk
 from ase.io import write
 
+from poscarflow.history import read_history
 from poscarflow.plan import assign_batches
-from poscarflow.policy import read_history
 from tests.conftest import REPO, SNAKEMAKE, Workflow
 
 if TYPE_CHECKING:
@@ -224,7 +224,9 @@ def test_out_of_memory_is_reported_and_retried_with_more(
     assert job_ids(workflow, ids) == {retry}
     # the task history and `poscarflow status` say what happened
     ends = [
-        r for sid in ids for r in read_history(workflow.root / "results/calcs" / sid, "relax")
+        r
+        for sid in ids
+        for r in read_history(workflow.root / "results/calcs" / sid / "history.jsonl", "relax")
         if r["event"] == "end" and r["failure"]
     ]  # fmt: skip
     assert [(r["attempt"], r["failure"]) for r in ends] == [(1, "oom")]
@@ -271,7 +273,8 @@ def test_timeout_is_reported_and_retried_with_more_time(timeout_run) -> None:
     relax = workflow.summary(SLOW_ID, "relax")
     assert (relax["status"], relax["attempts"], relax["slurm_job_id"]) == ("done", 2, retry)
     history = [
-        r for r in read_history(workflow.root / "results/calcs" / SLOW_ID, "relax")
+        r
+        for r in read_history(workflow.root / f"results/calcs/{SLOW_ID}/history.jsonl", "relax")
         if r["event"] == "end"
     ]  # fmt: skip
     assert [(r["attempt"], r["failure"]) for r in history] == [(1, "timeout"), (2, None)]

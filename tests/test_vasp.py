@@ -9,11 +9,9 @@ import pytest
 from ase.build import bulk
 from ase.io import write
 
-from poscarflow.jobs import job_code
 from poscarflow.plan import Plan
 from poscarflow.vasp import vasp_settings
-from poscarflow.worker import dispatch
-from tests.conftest import Workflow, example_config
+from tests.conftest import Workflow, example_config, run_step
 
 FAKE_POTCAR = """  PAW_PBE {el} 05Jan2001
   11.0000000000000
@@ -48,8 +46,7 @@ def test_relax_writes_vasp_inputs_through_quacc_and_custodian(
     plan = Plan(example_config(structures="structures", calculator="vasp", relax=relax),
                 tmp_path / ".h.json")  # fmt: skip
     assert plan.batches == {"Cu": ["Cu"]}  # expensive: one structure per job
-    dispatch("relax", plan.batch_params("relax", "Cu"), "results/batches/relax/Cu.json",
-             "logs/relax.log", job_code("vasp")["digest"])  # fmt: skip
+    run_step(plan, "relax")
     summary = json.loads(Path("results/calcs/Cu/relax/summary.json").read_text())
     assert summary["status"] == "failed"  # /bin/true wrote no OUTCAR
     (inputs,) = Path("results/calcs/Cu/relax").glob("failed-quacc-*")
@@ -68,7 +65,8 @@ def test_relax_writes_vasp_inputs_through_quacc_and_custodian(
 
 
 def test_parallel_command_and_wall_time_come_from_the_slurm_job(monkeypatch) -> None:
-    from poscarflow.resume import DEADLINE, deadline
+    from poscarflow.resume import deadline
+    from poscarflow.settings import DEADLINE
 
     monkeypatch.setenv("SLURM_NTASKS", "16")
     monkeypatch.setenv(DEADLINE, "9999999999")
@@ -80,6 +78,7 @@ def test_parallel_command_and_wall_time_come_from_the_slurm_job(monkeypatch) -> 
     assert settings["VASP_CUSTODIAN_WALL_TIME"] > 3600
 
 
+@pytest.mark.slow
 def test_missing_potcars_stop_the_run_before_anything_starts(
     workflow: Workflow, pp_path: Path
 ) -> None:

@@ -72,7 +72,7 @@ def test_energies_match_direct_quacc_and_rerun_is_noop(workflow: Workflow, tmp_p
         }
         prov = workflow.summary(sid, "relax")
         assert prov["code"]["versions"]["quacc"]
-        assert "poscarflow.jobs" in prov["code"]["modules"]
+        assert "poscarflow.compute" in prov["code"]["modules"]
         assert prov["input"]["file_hash"]
         assert prov["parameters"]["relax"]["fmax"] == workflow.config["relax"]["fmax"]
     relaxed = {a.info["id"]: a for a in read(workflow.root / "results/relaxed.extxyz", ":")}

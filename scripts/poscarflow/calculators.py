@@ -1,15 +1,19 @@
 """The calculator registry: which quacc recipes compute relax and static for a name.
 
 Adding a calculator is one entry here (plus its extra in pyproject.toml and an enum value
-in the config schema). A recipe module of ours (poscarflow.chgnet) is part of the jobs'
-code fingerprint like any module they import. Recipes are named by import path so that
-reading the registry at DAG-build time imports no calculator.
+in the config schema): each entry says which recipes compute relax and static, how a
+relax's settings become the recipe's arguments, and which quacc settings its jobs need,
+so the code that runs a calculation has no per-calculator branch. A recipe module of
+ours (poscarflow.chgnet) is part of the jobs' code fingerprint like any module they
+import. Recipes are named by import path so that reading the registry at DAG-build time
+imports no calculator.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +21,7 @@ from ase.data import chemical_symbols
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
 # ASE's EMT has parameters for these elements only (ase.calculators.emt.parameters).
 EMT_ELEMENTS = frozenset({"Ag", "Al", "Au", "C", "Cu", "H", "N", "Ni", "O", "Pd", "Pt"})
@@ -43,8 +48,12 @@ class Calculator:
     kwargs
         Fixed keyword arguments of its recipes (e.g. the xTB method).
     ase_optimizer
-        Whether relaxes use an ASE optimizer (fmax, max_steps → opt_params); VASP
-        relaxes with its own (fmax → EDIFFG = -fmax, max_steps → NSW).
+        Whether relaxes use an ASE optimizer (fmax, max_steps → opt_params, continued
+        from the optimizer's restart file); VASP relaxes with its own (fmax → EDIFFG =
+        -fmax, max_steps → NSW).
+    settings
+        "module:function" returning the extra quacc settings of its jobs (VASP:
+        custodian, the parallel command, the wall time), or None.
     """
 
     module: str
@@ -53,11 +62,45 @@ class Calculator:
     batch_size: int
     kwargs: tuple[tuple[str, Any], ...] = ()
     ase_optimizer: bool = True
+    settings: str | None = None
 
     def recipe(self, step: str) -> Callable:
         """The quacc job function for `relax` or `static`, with the fixed kwargs bound."""
         function = getattr(importlib.import_module(self.module), f"{step}_job")
         return functools.partial(function, **dict(self.kwargs))
+
+    def quacc_settings(self) -> dict[str, Any]:
+        """The quacc settings this calculator's jobs need beyond the checkpoint ones."""
+        if self.settings is None:
+            return {}
+        module, function = self.settings.split(":")
+        return getattr(importlib.import_module(module), function)()
+
+    def relax_kwargs(self, params: dict[str, Any], workdir: Path) -> dict[str, Any]:
+        """The relax recipe's keyword arguments for the relax settings `params`."""
+        kwargs = dict(params.get("calc_kwargs", {})) | {"relax_cell": params["relax_cell"]}
+        if not self.ase_optimizer:
+            return kwargs | {"ediffg": -params["fmax"], "nsw": params["max_steps"]}
+        return kwargs | {"opt_params": _opt_params(params, workdir)}
+
+
+def _opt_params(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """quacc's opt_params for an ASE optimizer that can be continued: its state at every
+    step where a later attempt finds it, and a clean stop before the job's time limit."""
+    import ase.optimize
+
+    from poscarflow.layout import OPT_STATE
+    from poscarflow.resume import deadline, resumable
+
+    opt_params: dict[str, Any] = {
+        "fmax": params["fmax"],
+        "max_steps": params["max_steps"],
+        "optimizer": resumable(getattr(ase.optimize, params["optimizer"])),
+        "optimizer_kwargs": {"restart": str(workdir.resolve() / OPT_STATE)},
+    }
+    if (stop_at := deadline()) is not None:
+        opt_params["stop_condition"] = lambda _: time.time() > stop_at
+    return opt_params
 
 
 CALCULATORS: dict[str, Calculator] = {
@@ -77,6 +120,7 @@ CALCULATORS: dict[str, Calculator] = {
         1,
         (("preset", "DefaultSetGGA"),),
         ase_optimizer=False,
+        settings="poscarflow.vasp:vasp_settings",
     ),
 }
 

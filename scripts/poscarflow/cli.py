@@ -10,7 +10,8 @@ import yaml
 from poscarflow import policy
 from poscarflow.plan import Plan, load_config
 from poscarflow.policy import CLASSES, NEVER
-from poscarflow.status import format_table, reset, status
+from poscarflow.reset import reset
+from poscarflow.status import format_table, status
 from poscarflow.why import why
 
 
@@ -31,15 +32,16 @@ def main(argv: list[str] | None = None) -> None:
                        help="required: only failed calculations are ever reset")  # fmt: skip
     clear.add_argument("--class", dest="failure", choices=(NEVER, *CLASSES))
     clear.add_argument("--dry-run", action="store_true", help="say what, change nothing")
-    pol = sub.add_parser("policy", help="edit the restart policy (config/restart_policy.yaml)")
+    pol = sub.add_parser("policy", help="edit the restart policy (the file config.yaml names)")
     pol.add_argument("action", choices=("add", "get", "remove", "clear"))
     pol.add_argument("patterns", nargs="*", help="regexes, or class:<name>")
     pol.add_argument("--allowed", type=int, help="restarts allowed (with add)")
     args = parser.parse_args(argv)
+    config = load_config(args.configfile)
     if args.command == "policy":
-        print(_policy(args.action, args.patterns, args.allowed))
+        print(_policy(args.action, args.patterns, args.allowed, config["restart_policy"]))
         return
-    plan = Plan(load_config(args.configfile))
+    plan = Plan(config)
     if args.command == "why":
         print("\n".join(why(plan, args.results, args.ids)))
     elif args.command == "status":
@@ -49,19 +51,19 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(reset(plan, args.results, args.ids, args.failure, args.dry_run)))
 
 
-def _policy(action: str, patterns: list[str], allowed: int | None) -> str:
+def _policy(action: str, patterns: list[str], allowed: int | None, path: str) -> str:
     """Run a `policy` action; return the policy as YAML (Alchemiscale's get)."""
     if action == "add":
         if allowed is None or not patterns:
             raise SystemExit("poscarflow policy add: give PATTERN... and --allowed N")
-        current = policy.add(patterns, allowed)
+        current = policy.add(patterns, allowed, path)
     elif action == "remove":
-        current = policy.remove(patterns)
+        current = policy.remove(patterns, path)
     elif action == "clear":
-        policy.write_policy({})
+        policy.write_policy({}, path)
         current = {}
     else:
-        current = policy.read_policy()
+        current = policy.read_policy(path)
     return yaml.safe_dump(current).strip() if current else "(no restart policy)"
 
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from poscarflow import log_to
-from poscarflow.files import atomic_path
-from poscarflow.jobs import FINAL, calc_dir, read_summary
+from poscarflow.files import atomic_path, read_json
+from poscarflow.layout import Layout
 
 COLUMNS = (
     "id", "formula", "natoms", "status", "relaxed_energy", "static_energy",
@@ -18,10 +18,13 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def structure_row(results: str | Path, sid: str) -> dict:
+def structure_row(layout: Layout, sid: str) -> dict:
     """One structure's row of the summary table from its relax and static summaries."""
-    relax = read_summary(results, sid, "relax") or {"status": "failed", "reason": "no relax result"}
-    static = read_summary(results, sid, "static") or {
+    relax = read_json(layout.summary(sid, "relax")) or {
+        "status": "failed",
+        "reason": "no relax result",
+    }
+    static = read_json(layout.summary(sid, "static")) or {
         "status": "failed",
         "reason": "no static result",
     }
@@ -52,8 +55,8 @@ def collect(ids: list[str], table: str, extxyz: str, log: str) -> None:
     The results folder is the table's folder.
     """
     log_to(log)
-    results = Path(table).parent
-    rows = [structure_row(results, sid) for sid in ids]
+    layout = Layout(Path(table).parent)
+    rows = [structure_row(layout, sid) for sid in ids]
     with atomic_path(table) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
@@ -61,7 +64,7 @@ def collect(ids: list[str], table: str, extxyz: str, log: str) -> None:
     with atomic_path(extxyz) as tmp, tmp.open("w") as out:
         for row in rows:
             if row["status"] != "failed":
-                out.write((calc_dir(results, row["id"], "relax") / FINAL).read_text())
+                out.write(layout.final_structure(row["id"]).read_text())
 
 
 def check(table: str, flag: str, log: str) -> None:

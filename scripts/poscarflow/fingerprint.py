@@ -19,6 +19,7 @@ from pathlib import Path
 PACKAGE = "poscarflow"
 PACKAGE_DIR = Path(__file__).resolve().parent
 STACK = ("quacc", "ase", "pymatgen")
+JOB_ENTRY = "poscarflow.job"  # the module a relax or static job runs
 
 
 def _module_file(name: str) -> Path | None:
@@ -92,3 +93,17 @@ def code_fingerprint(entries: tuple[str, ...], packages: tuple[str, ...] = ()) -
     parts = {"modules": module_hashes(*entries), "versions": package_versions(packages)}
     text = json.dumps(parts, sort_keys=True)
     return parts | {"digest": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
+def job_code(calculator: str) -> dict:
+    """The code fingerprint of a relax or static job with this calculator."""
+    from poscarflow.calculators import get_calculator
+
+    calc = get_calculator(calculator)
+    return code_fingerprint((JOB_ENTRY, calc.module), calc.packages)
+
+
+def digest(data: object) -> str:
+    """A short, stable hash of JSON-able data (reuse keys, request and parameter hashes)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,8 +1,9 @@
-"""Turn the validated config and the structure folder into batches and per-job params.
+"""Turn the validated config and the structure folder into batches and job requests.
 
 Runs at DAG-build time for every structure, so it must stay cheap: file names, and the
-content hashes of new or changed files only (cached), never quacc. Everything that
-should trigger a rerun ends up in plain dicts that Snakemake stores as `params:` (see
+content hashes of new or changed files only (cached), never quacc. Every parameter of a
+batch's calculations goes into its request file (named by its content), and a digest of
+them into the job's `params:`, where Snakemake's params trigger sees any change (see
 workflow/rules/common.smk).
 """
 
@@ -10,20 +11,21 @@ from __future__ import annotations
 
 import copy
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from poscarflow.calculators import get_calculator
+from poscarflow.files import write_json
+from poscarflow.fingerprint import digest
+from poscarflow.layout import STEPS, Layout
+from poscarflow.records import Request
 from poscarflow.structures import StructureFile, cached_contents, discover
 
-STEPS = ("relax", "static")
 NUMBER_TYPES = {"fmax": float, "max_steps": int, "min_distance": float}
 HASH_CACHE = Path(".snakemake/poscarflow/structure-hashes.json")
-
-
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
 def load_config(path: str | Path = "config/config.yaml") -> dict:
@@ -83,6 +85,7 @@ class Plan:
 
     config: dict
     hash_cache: Path = HASH_CACHE
+    layout: Layout = field(default_factory=Layout)
 
     @cached_property
     def structures(self) -> dict[str, StructureFile]:
@@ -144,5 +147,23 @@ class Plan:
         return specs
 
     def batch_params(self, step: str, batch: str) -> dict[str, Any]:
-        """The params of one batch job: id → that calculation's parameters."""
+        """The parameters of one batch job: id → that calculation's spec."""
         return {sid: self.specs[sid][step] for sid in self.batches[batch]}
+
+    def parameters_digest(self, step: str, batch: str) -> str:
+        """A hash of every parameter of a batch: the value Snakemake's params trigger sees."""
+        return digest(self.batch_params(step, batch))
+
+    def request(
+        self, step: str, batch: str, *, rerun_on_code: bool, policy: dict[str, int]
+    ) -> Path:
+        """Write a batch job's request file (once: its name is its content's hash)."""
+        request = Request(
+            step=step, batch=batch, results=str(self.layout.root),
+            manifest=str(self.layout.manifest(step, batch)),
+            rerun_on_code=rerun_on_code, policy=policy, calcs=self.batch_params(step, batch),
+        )  # fmt: skip
+        path = self.layout.request(step, batch, digest(request))
+        if not path.exists():
+            write_json(path, request)
+        return path

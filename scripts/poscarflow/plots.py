@@ -1,4 +1,4 @@
-"""Figures people would rather look at than read, and the ASE database of results."""
+"""Figures people would rather look at than read: energies, convergence, volume change."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from poscarflow import log_to
 from poscarflow.files import atomic_path
-from poscarflow.jobs import FINAL, calc_dir, digest, read_summary
+from poscarflow.layout import Layout
 
 MOST_CURVES = 30  # convergence curves per figure: the structures that took most steps
 MOST_BARS = 60  # one bar per structure up to this many, a histogram beyond
@@ -35,7 +35,7 @@ def plot_all(table: str, energies: str, convergence: str, volumes: str, log: str
 
     log_to(log)
     rows = [r for r in _rows(table) if r["status"] != "failed"]
-    results = Path(table).parent
+    layout = Layout(Path(table).parent)
     ids = [r["id"] for r in rows]
 
     fig, ax = _per_structure(plt, ids, [float(r["energy_per_atom"]) for r in rows],
@@ -45,7 +45,7 @@ def plot_all(table: str, energies: str, convergence: str, volumes: str, log: str
     fig, (forces, energy) = plt.subplots(1, 2, figsize=(11, 4))
     slowest = sorted(rows, key=lambda r: -int(r["opt_steps"] or 0))[:MOST_CURVES]
     for row in slowest:
-        steps = _trajectory(calc_dir(results, row["id"], "relax") / "opt.traj")
+        steps = _trajectory(layout.trajectory(row["id"]))
         if steps:
             fmax, e = zip(*steps, strict=True)
             forces.semilogy(fmax, label=row["id"])
@@ -96,24 +96,3 @@ def _trajectory(path: Path) -> list[tuple[float, float]]:
     with Trajectory(str(path)) as traj:
         return [(float(np.linalg.norm(a.get_forces(), axis=1).max()),
                  float(a.get_potential_energy())) for a in traj]  # fmt: skip
-
-
-def write_database(table: str, database: str, log: str) -> None:
-    """An ASE database of every relaxed structure: `ase db results/results.db` reads it."""
-    import ase.db
-    import ase.io
-
-    log_to(log)
-    results = Path(table).parent
-    with atomic_path(database) as tmp, ase.db.connect(str(tmp), type="db") as db:
-        for row in _rows(table):
-            if row["status"] == "failed":
-                continue
-            relax = read_summary(results, row["id"], "relax")
-            atoms = ase.io.read(calc_dir(results, row["id"], "relax") / FINAL)
-            atoms.info = {}
-            db.write(atoms, structure_id=row["id"], status=row["status"],
-                     converged=row["converged"] == "True", calculator_name=relax["calculator"],
-                     static_energy=float(row["static_energy"]),
-                     parameters_hash="sha256:" + digest(relax["parameters"]))  # fmt: skip
-    logger.info("database written: %s", database)

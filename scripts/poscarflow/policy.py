@@ -1,14 +1,13 @@
-"""Restart policy (Alchemiscale's TaskRestartPattern) and the task history it counts.
+"""The restart policy file (Alchemiscale's TaskRestartPattern) and resource escalation.
 
 A policy maps error patterns (regular expressions searched in a failure's message and
-traceback) and failure classes to a number of allowed restarts. Every attempt of every
-calculation is appended to `results/calcs/<id>/history.jsonl`, beside its results and
-never deleted by a rerun, so budgets survive a restart of Snakemake.
+traceback) and failure classes to a number of allowed restarts. The file is named in
+config/config.yaml (`restart_policy`), validated against its JSON Schema when the
+workflow starts, and reaches jobs in their request like every other setting.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -17,52 +16,60 @@ from typing import Any
 import yaml
 
 from poscarflow.files import atomic_path
-from poscarflow.resume import interrupted
 
-POLICY_FILE = Path("config/restart_policy.yaml")
+SCHEMA = Path(__file__).resolve().parent / "schemas" / "restart_policy.schema.yaml"
 # Failure classes a policy can name besides patterns; bad input is never restarted.
-CLASSES = ("unconverged", "oom", "timeout", "node_failure", "error")
+CLASSES = ("unconverged", "oom", "timeout", "node_failure", "infrastructure", "error")
 NEVER = "bad_input"
+HEADER = (
+    "# Restart policy (schema: scripts/poscarflow/schemas/restart_policy.schema.yaml):\n"
+    "# pattern (regex searched in a failure's message and traceback) or\n"
+    f"# class:<{'|'.join(CLASSES)}> -> allowed restarts.\n"
+    "# escalation: after oom/timeout, mem_mb/runtime grow by `factor`, up to the caps.\n"
+    "# Edit the restarts with `poscarflow policy add|get|remove|clear`.\n"
+)
 
 
-ESCALATION = {"factor": 1.5, "max_mem_mb": 256_000, "max_runtime": 7 * 24 * 60}
+def read_file(path: str | Path) -> dict[str, Any]:
+    """The validated policy file with defaults filled in; empty policy if it is missing."""
+    from snakemake.utils import validate
 
-
-def _read_file(path: str | Path) -> dict:
     try:
-        return yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
-        return {}
-
-
-def read_escalation(path: str | Path = POLICY_FILE) -> dict[str, float]:
-    """How resources grow after out-of-memory or out-of-time failures, with their caps."""
-    return ESCALATION | _read_file(path).get("escalation", {})
-
-
-def read_policy(path: str | Path = POLICY_FILE) -> dict[str, int]:
-    """Pattern or class → allowed restarts; empty if there is no policy file."""
-    policy = _read_file(path).get("restarts", {})
-    for pattern in policy:
+        data = {}
+    validate(data, str(SCHEMA), set_default=True)
+    for pattern in data["restarts"]:
         if not pattern.startswith("class:"):
-            re.compile(pattern)  # a bad regex is an error here, not at failure time
-    return {str(k): int(v) for k, v in policy.items()}
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"{path}: pattern {pattern!r} is not a regex: {err}") from err
+    return data
 
 
-def write_policy(policy: dict[str, int], path: str | Path = POLICY_FILE) -> None:
-    """Write the policy file (atomically), patterns sorted."""
-    text = (
-        "# Restart policy: pattern (regex searched in a failure's message and traceback)\n"
-        "# or class:<unconverged|oom|timeout|node_failure|error> -> allowed restarts.\n"
-        "# escalation: after oom/timeout, mem_mb/runtime grow by `factor`, up to the caps.\n"
-        "# Edit with `poscarflow policy add|get|remove|clear`.\n"
-    )
-    data = _read_file(path) | {"restarts": dict(sorted(policy.items()))}
+def read_policy(path: str | Path) -> dict[str, int]:
+    """Pattern or class → allowed restarts."""
+    return {str(k): int(v) for k, v in read_file(path)["restarts"].items()}
+
+
+def read_escalation(path: str | Path) -> dict[str, float]:
+    """How resources grow after out-of-memory or out-of-time failures, with their caps."""
+    return read_file(path)["escalation"]
+
+
+def write_policy(policy: dict[str, int], path: str | Path) -> None:
+    """Write the policy's restarts (atomically, patterns sorted), keeping its escalation."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        data = {}
+    data["restarts"] = dict(sorted(policy.items()))
     with atomic_path(path) as tmp:
-        tmp.write_text(text + yaml.safe_dump(data, sort_keys=False))
+        tmp.write_text(HEADER + yaml.safe_dump(data, sort_keys=False))
 
 
-def add(patterns: list[str], allowed: int, path: str | Path = POLICY_FILE) -> dict[str, int]:
+def add(patterns: list[str], allowed: int, path: str | Path) -> dict[str, int]:
     """Add patterns; a pattern already there takes the newest count (Alchemiscale)."""
     for pattern in patterns:
         if pattern.startswith("class:"):
@@ -75,33 +82,11 @@ def add(patterns: list[str], allowed: int, path: str | Path = POLICY_FILE) -> di
     return policy
 
 
-def remove(patterns: list[str], path: str | Path = POLICY_FILE) -> dict[str, int]:
+def remove(patterns: list[str], path: str | Path) -> dict[str, int]:
     """Remove patterns (absent ones are ignored)."""
     policy = {k: v for k, v in read_policy(path).items() if k not in patterns}
     write_policy(policy, path)
     return policy
-
-
-def history_file(calc_parent: Path) -> Path:
-    """The history of one structure's calculations (both steps)."""
-    return calc_parent / "history.jsonl"
-
-
-def read_history(calc_parent: Path, step: str | None = None) -> list[dict[str, Any]]:
-    """Attempts recorded for a structure (optionally one step), oldest first."""
-    try:
-        lines = history_file(calc_parent).read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    records = [json.loads(line) for line in lines if line.strip()]
-    return [r for r in records if step is None or r.get("step") == step]
-
-
-def append_history(calc_parent: Path, record: dict[str, Any]) -> None:
-    """Append one record; a single short write, so concurrent readers see whole lines."""
-    calc_parent.mkdir(parents=True, exist_ok=True)
-    with history_file(calc_parent).open("a") as handle:
-        handle.write(json.dumps(record, sort_keys=True) + "\n")
 
 
 def matching_rule(failure: str, text: str, policy: dict[str, int]) -> str | None:
@@ -113,34 +98,10 @@ def matching_rule(failure: str, text: str, policy: dict[str, int]) -> str | None
     return next((p for p in policy if not p.startswith("class:") and re.search(p, text)), None)
 
 
-def restarts_used(history: list[dict[str, Any]], rule: str) -> int:
-    """Restarts already spent on `rule` since the last reset."""
-    used = 0
-    for record in history:
-        if record.get("event") == "reset":
-            used = 0
-        elif record.get("rule") == rule and record.get("restarted"):
-            used += 1
-    return used
-
-
-def escalated(base: int, failure: str, attempt: int, folders: list[Path]) -> int:
-    """A resource for a batch job: `base` grown by the escalation factor once per retry
-    (Snakemake's `attempt`) or per `failure` recorded for any of the batch's structures
-    since its last reset, whichever is more, so it survives a restart of Snakemake.
-    Rounded up: SLURM takes whole minutes and megabytes."""
-    settings = read_escalation()
-    seen = 0
-    for folder in folders:
-        count = 0
-        records = read_history(folder)
-        dead = interrupted(records)  # an attempt SLURM ended, not yet recorded
-        for record in records + ([dead] if dead else []):
-            if record.get("event") == "reset":
-                count = 0
-            elif record.get("event") == "end" and record.get("failure") == failure:
-                count += 1
-        seen = max(seen, count)
-    cap = settings["max_mem_mb"] if failure == "oom" else settings["max_runtime"]
-    grown = base * settings["factor"] ** max(attempt - 1, seen)
-    return math.ceil(min(grown, max(cap, base)))
+def escalated(base: int, attempt: int, seen: int, escalation: dict[str, float], cap: str) -> int:
+    """A resource grown by the escalation factor once per Snakemake retry (`attempt`) or
+    per failure of its kind recorded in the batch's histories (`seen`), whichever is
+    more, so the growth survives a restart of Snakemake. Capped by `escalation[cap]`;
+    rounded up, since SLURM takes whole minutes and megabytes."""
+    grown = base * escalation["factor"] ** max(attempt - 1, seen)
+    return math.ceil(min(grown, max(escalation[cap], base)))

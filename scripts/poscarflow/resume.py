@@ -12,39 +12,29 @@ SLURM gives for it.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from poscarflow import settings, slurm
 from poscarflow.files import atomic_path, read_json
+from poscarflow.layout import ATTEMPT_MARKER, OPT_STATE
 
 if TYPE_CHECKING:
     from ase import Atoms
 
-MARKER = "attempt.json"
-OPT_STATE = "optimizer-state.json"  # the ASE optimizer's restart file, in an attempt folder
-DEADLINE = "POSCARFLOW_DEADLINE"  # epoch seconds; set from SLURM's time limit if unset
-# SLURM job states → failure classes of the restart policy.
-SLURM_CLASSES = {
-    "OUT_OF_MEMORY": "oom",
-    "TIMEOUT": "timeout",
-    "DEADLINE": "timeout",
-    "NODE_FAIL": "node_failure",
-    "PREEMPTED": "node_failure",
-    "BOOT_FAIL": "node_failure",
-}
+    from poscarflow.layout import Layout
 
 
-def last_step(final: Path, key: str) -> tuple[Atoms, int, bytes | None] | None:
+def last_step(layout: Layout, sid: str, key: str) -> tuple[Atoms, int, bytes | None] | None:
     """Geometry, total step count and optimizer state of the furthest interrupted relax
     with this key."""
     from ase.io.trajectory import Trajectory
 
     best: tuple[Atoms, int, bytes | None] | None = None
-    for marker in final.parent.glob(f".{final.name}.tmp-*/{MARKER}"):
+    for folder in layout.attempt_dirs(sid, "relax"):
+        marker = folder / ATTEMPT_MARKER
         info = read_json(marker) or {}
         if info.get("key") != key:
             continue
@@ -92,52 +82,6 @@ def resumable(optimizer: type) -> type:
     return type(optimizer.__name__, (optimizer,), {"dump": dump})
 
 
-def slurm_state(job_id: str | None) -> str | None:
-    """The state SLURM reports for a job (kept for MinJobAge after it ends), or None.
-
-    A job one of whose processes the cgroup killed for memory (say, the calculation,
-    while Snakemake in the job lived on) ends FAILED, not OUT_OF_MEMORY; SLURM then says
-    so only in the job's log ("Detected 1 oom-kill event(s)"), which is read here.
-    """
-    if not job_id:
-        return None
-    try:
-        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
-                             text=True, timeout=20, check=False).stdout  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
-    state = fields.get("JobState")
-    if state == "FAILED" and "oom-kill event" in _tail(fields.get("StdErr")):
-        return "OUT_OF_MEMORY"
-    return state
-
-
-def _tail(path: str | None, size: int = 20_000) -> str:
-    """The end of a text file, or "" if it cannot be read."""
-    try:
-        with open(path or "", "rb") as handle:
-            handle.seek(max(0, os.fstat(handle.fileno()).st_size - size))
-            return handle.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def interrupted(history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The end record for an attempt that started and never ended, or None."""
-    if not history or history[-1].get("event") != "start":
-        return None
-    start = history[-1]
-    state = slurm_state(start.get("slurm_job_id"))
-    failure = SLURM_CLASSES.get(state or "", "interrupted")
-    return {
-        "event": "end", "step": start["step"], "attempt": start["attempt"],
-        "status": "failed", "failure": failure,
-        "reason": f"attempt {start['attempt']} was stopped "
-        f"({'SLURM: ' + state if state else 'its process ended'})",
-    }  # fmt: skip
-
-
 class WallTimeReached(RuntimeError):
     """A relax stopped cleanly before the job's time limit; the next attempt continues."""
 
@@ -149,27 +93,9 @@ def deadline() -> float | None:
     `POSCARFLOW_DEADLINE` if set; in a SLURM job, its end time less a margin (5 % of
     the time left, between 30 s and 5 min), read once when the job starts.
     """
-    if value := os.environ.get(DEADLINE):
-        return float(value)
-    left = _slurm_time_left(os.environ.get("SLURM_JOB_ID"))
+    if (value := settings.deadline_override()) is not None:
+        return value
+    left = slurm.time_left(settings.slurm_job_id())
     if left is None:
         return None
     return time.time() + left - min(300.0, max(30.0, 0.05 * left))
-
-
-def _slurm_time_left(job_id: str | None) -> float | None:
-    """Seconds left in a SLURM job (`squeue %L`: M:SS, H:MM:SS or D-HH:MM:SS)."""
-    if not job_id:
-        return None
-    try:
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%L"], capture_output=True,
-                             text=True, timeout=20, check=False).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    days, _, clock = out.rpartition("-")
-    try:
-        parts = [int(p) for p in clock.split(":")]
-    except ValueError:
-        return None  # UNLIMITED, NOT_SET, INVALID
-    seconds = sum(p * 60**i for i, p in enumerate(reversed(parts)))
-    return seconds + int(days or 0) * 86400

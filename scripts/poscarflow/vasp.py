@@ -11,6 +11,7 @@ import os
 import time
 
 from poscarflow.resume import deadline
+from poscarflow.settings import slurm_ntasks
 
 logger = logging.getLogger("poscarflow.vasp")
 
@@ -20,7 +21,7 @@ def vasp_settings() -> dict:
     VASP), the parallel command from the job's SLURM tasks, and custodian's wall time
     from the job's deadline, so VASP stops cleanly with a CONTCAR to continue from."""
     settings: dict = {"VASP_USE_CUSTODIAN": True}
-    if tasks := os.environ.get("SLURM_NTASKS"):
+    if tasks := slurm_ntasks():
         settings["VASP_PARALLEL_CMD"] = f"srun -n {tasks}"
     if (stop := deadline()) is not None:
         settings["VASP_CUSTODIAN_WALL_TIME"] = max(60, int(stop - time.time()))

@@ -7,10 +7,13 @@ explains calculations inside a batch that Snakemake sees only as a whole.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from poscarflow.jobs import job_code, read_summary
-from poscarflow.plan import STEPS, Plan
+from poscarflow.files import read_json
+from poscarflow.fingerprint import job_code
+from poscarflow.layout import STEPS, Layout
+from poscarflow.plan import Plan
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -37,7 +40,7 @@ def _changes(old: dict, new: dict) -> list[str]:
 def reasons(plan: Plan, results: str, sid: str, step: str) -> list[str]:
     """Why one calculation would be recomputed; empty if it would be reused."""
     spec = plan.specs[sid][step]
-    recorded = read_summary(results, sid, step)
+    recorded = read_json(Layout(Path(results)).summary(sid, step))
     if recorded is None:
         return ["not computed yet"]
     lines = []

@@ -1,26 +1,26 @@
-# Helpers for all rules: the plan (structures, batches, parameters) and input functions.
-import os
+# Helpers for all rules: the plan (structures, batches, requests) and input functions.
 import re
 from pathlib import Path
 
-from poscarflow import worker
-from poscarflow.jobs import CODE_TRIGGER, job_code
+from poscarflow import pool
+from poscarflow.fingerprint import job_code
+from poscarflow.history import failures, read_history
+from poscarflow.layout import PLOTS, Layout
 from poscarflow.plan import Plan
-from poscarflow.policy import escalated
+from poscarflow.policy import escalated, read_file
 from poscarflow.vasp import check_potcars
 
-RESULTS = "results"
-PLAN = Plan(config)
+LAYOUT = Layout(Path("results"))
+RESULTS = str(LAYOUT.root)
+PLAN = Plan(config, layout=LAYOUT)
+POLICY = read_file(config["restart_policy"])
 if config["calculator"] == "vasp":  # every POTCAR, before anything is submitted
     for preset in PLAN.vasp_presets:
         check_potcars(PLAN.elements, preset)
-# The code a relax or static job runs (our modules and package versions): it is part of
-# the shell command so that Snakemake's own `code` trigger sees it.
+# The code a relax or static job runs (our modules and package versions) is part of its
+# shell command, so that Snakemake's own `code` trigger sees it.
 CODE = job_code(config["calculator"])["digest"]
-JOB_COMMAND = (
-    "python -m poscarflow.worker run {step} {{output:q}} {{log:q}} {{params.calcs:q}}"
-    f" --code {CODE}"
-)
+JOB_COMMAND = "python -m poscarflow.job {params.request:q} {log:q} --code " + CODE
 
 
 wildcard_constraints:
@@ -29,62 +29,75 @@ wildcard_constraints:
 
 def batch_structures(wildcards):
     """The structure files a relax batch reads. `ancient`: a touched file is no change;
-    a changed structure reaches the job as a new structure_hash in its params."""
+    a changed structure reaches the job as a new structure_hash in its parameters."""
     return [ancient(PLAN.structures[sid].path) for sid in PLAN.batches[wildcards.batch]]
 
 
-def relax_params(wildcards):
-    """Per-structure relax parameters of a batch (tracked by Snakemake's params trigger)."""
-    return PLAN.batch_params("relax", wildcards.batch)
+def parameters(step):
+    """A hash of every parameter of a batch's calculations (for the params trigger)."""
+
+    def digest(wildcards):
+        return PLAN.parameters_digest(step, wildcards.batch)
+
+    return digest
 
 
-def static_params(wildcards):
-    """Per-structure static parameters of a batch."""
-    return PLAN.batch_params("static", wildcards.batch)
+def request(step):
+    """The batch job's request file: its parameters, restart policy and paths. A Path,
+    which Snakemake's params trigger ignores: `parameters` stands for its content."""
+
+    def path(wildcards):
+        return PLAN.request(
+            step,
+            wildcards.batch,
+            rerun_on_code="code" in map(str, workflow.rerun_triggers),
+            policy={str(k): int(v) for k, v in POLICY["restarts"].items()},
+        )
+
+    return path
 
 
 def escalating(base, failure):
     """A resource that grows after failures of class `failure` (oom or timeout): with
     each Snakemake retry and with each such failure in the batch's task histories, so
-    the escalation survives a restart of Snakemake (see policy.escalated)."""
+    the escalation survives a restart of Snakemake."""
+    cap = "max_mem_mb" if failure == "oom" else "max_runtime"
 
     def resource(wildcards, attempt):
-        folders = [Path(RESULTS, "calcs", sid) for sid in PLAN.batches[wildcards.batch]]
-        return escalated(base, failure, attempt, folders)
+        members = PLAN.batches[wildcards.batch]
+        seen = max(failures(read_history(LAYOUT.history(s)), failure) for s in members)
+        return escalated(base, attempt, seen, POLICY["escalation"], cap)
 
     return resource
 
 
 def manifests(step):
     """Every batch manifest of one step."""
-    return expand(f"{RESULTS}/batches/{step}/{{batch}}.json", batch=PLAN.batches)
+    return [str(LAYOUT.manifest(step, batch)) for batch in PLAN.batches]
 
 
 def final_outputs():
     """What `rule all` asks for."""
     return [
-        f"{RESULTS}/summary.csv",
-        f"{RESULTS}/relaxed.extxyz",
-        f"{RESULTS}/results.db",
-        f"{RESULTS}/plots/energy_per_atom.png",
-        f"{RESULTS}/.complete",
+        str(LAYOUT.table),
+        str(LAYOUT.relaxed),
+        str(LAYOUT.database),
+        *(str(LAYOUT.plot(name)) for name in PLOTS),
+        str(LAYOUT.complete),
     ]
 
 
-WORKER = {}
+POOL = {}
 
 
-def start_worker():
-    """Before the first job: tell jobs whether code changes count (jobs.rerun_on_code),
-    and start this run's calculation processes (quacc imported once) for local jobs."""
-    code_counts = "code" in map(str, workflow.rerun_triggers)
-    os.environ[CODE_TRIGGER] = "1" if code_counts else "0"
+def start_pool():
+    """Before the first job of a local run: start its pool of calculation processes."""
     if workflow.local_exec:
-        WORKER["server"] = worker.start(
-            workflow.cores, config["calculator"], "logs/worker.log"
+        POOL["handle"] = pool.start(
+            workflow.cores, config["calculator"], "logs/pool.log"
         )
 
 
-def stop_worker():
-    """Stop this run's calculation processes."""
-    worker.stop(WORKER.pop("server", None))
+def stop_pool():
+    """Stop this run's pool."""
+    pool.stop(POOL.pop("handle", None))

@@ -16,6 +16,7 @@ rule relax:
         runtime=escalating(120, "timeout"),
         mem_mb=escalating(2000, "oom"),
     params:
-        calcs=relax_params,
+        parameters=parameters("relax"),
+        request=request("relax"),
     shell:
-        JOB_COMMAND.format(step="relax")
+        JOB_COMMAND

@@ -16,6 +16,7 @@ rule static:
         runtime=escalating(60, "timeout"),
         mem_mb=escalating(2000, "oom"),
     params:
-        calcs=static_params,
+        parameters=parameters("static"),
+        request=request("static"),
     shell:
-        JOB_COMMAND.format(step="static")
+        JOB_COMMAND

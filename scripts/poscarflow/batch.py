@@ -1,0 +1,95 @@
+"""Run a batch job's calculations, reusing finished ones, and write its manifest.
+
+A Snakemake job covers a batch of structures so that cheap calculators pay quacc's import
+once per batch (or once per run, with the pool). Each calculation still has its own
+checkpoint folder keyed by a hash of its input, parameters and code: a rerun batch
+recomputes only the calculations whose key changed (quacc's content hash, per structure).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from poscarflow import log_to
+from poscarflow.files import read_json, write_json
+from poscarflow.fingerprint import digest, job_code
+from poscarflow.layout import FINAL, Layout
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from poscarflow.records import CalcSpec, ManifestEntry, Request, Step, Summary
+
+logger = logging.getLogger("poscarflow")
+
+
+def run_batch(request: Request, mapper: Callable[..., Iterable] = map) -> list[str]:
+    """Run or reuse every calculation of a batch, then write the batch manifest.
+
+    `mapper` maps `run_one` over the calculations: `map` in this process, or the pool's.
+    Returns the ids whose calculation could not run at all (a dead pool process twice):
+    the job fails, and the next run retries them.
+    """
+    calcs = request["calcs"]
+    tasks = [({**request, "calcs": {sid: spec}}, sid) for sid, spec in calcs.items()]
+    entries: dict[str, ManifestEntry | None] = dict(zip(calcs, mapper(run_one, tasks),
+                                                        strict=True))  # fmt: skip
+    lost = [sid for sid, entry in entries.items() if entry is None]
+    failed = sum(e is not None and e["status"] == "failed" for e in entries.values())
+    logger.info("%s batch %s done: %d calculations, %d failed, %d lost", request["step"],
+                request["batch"], len(entries), failed, len(lost))  # fmt: skip
+    if not lost:
+        write_json(request["manifest"], entries)
+    return lost
+
+
+def run_one(task: tuple[Request, str]) -> ManifestEntry:
+    """One calculation of a batch (a picklable task): its manifest entry."""
+    request, sid = task
+    log_to(request["log"])
+    summary = run_or_reuse(Layout(request["results"]), request, request["calcs"][sid])
+    return {"key": summary["key"], "status": summary["status"]}
+
+
+def run_or_reuse(layout: Layout, request: Request, spec: CalcSpec) -> Summary:
+    """Return the calculation's summary, computing it only if its key changed."""
+    from poscarflow.attempts import run_attempts
+
+    step, sid = request["step"], spec["id"]
+    source = input_identity(layout, step, spec)
+    key = reuse_key(step, source, spec)
+    code = job_code(spec["calculator"])
+    old = read_json(layout.summary(sid, step))
+    if old is not None and old.get("key") == key:
+        same_code = old.get("code", {}).get("digest") == code["digest"]
+        if same_code or not request["rerun_on_code"]:
+            logger.info("%s %s: reused (key %s, %s)", step, sid, key, old["status"])
+            return old
+    logger.info("%s %s: computing (key %s)", step, sid, key)
+    identity = {"key": key, "code": code}
+    return run_attempts(layout, step, spec, source, identity=identity, policy=request["policy"])
+
+
+def reuse_key(step: Step, source: dict, spec: CalcSpec) -> str:
+    """What identifies a calculation: its step, input and parameters."""
+    return digest({"step": step, "input": source["hash"], "spec": spec})
+
+
+def input_identity(layout: Layout, step: Step, spec: CalcSpec) -> dict:
+    """What the calculation starts from, and a hash that identifies it."""
+    from poscarflow.structures import file_hash
+
+    if step == "relax":
+        path = spec["path"]
+        try:
+            raw = file_hash(path)
+        except OSError:
+            raw = "missing"
+        return {"path": path, "file_hash": raw, "hash": spec["structure_hash"]}
+    relax = read_json(layout.summary(spec["id"], "relax")) or {}
+    return {
+        "path": str(layout.calc_dir(spec["id"], "relax") / FINAL),
+        "hash": relax.get("key", "missing"),
+        "relax": relax,
+    }

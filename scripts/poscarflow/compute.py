@@ -1,0 +1,177 @@
+"""One attempt of one calculation, quacc's way: recipe → runner → summary.
+
+The calculator's entry in the registry picks the recipe and its arguments (calculators.py);
+quacc's recipe runs it with the checkpoint files kept in the attempt's folder; the
+result becomes a typed `Summary` and the checkpoint files of a calculation folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from poscarflow.calculators import get_calculator
+from poscarflow.layout import FINAL, RESULT
+from poscarflow.records import Summary, new_summary, now
+from poscarflow.resume import WallTimeReached, deadline
+from poscarflow.structures import BadInput, StructureFile, read_structure, structure_hash
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ase import Atoms
+
+    from poscarflow.records import CalcSpec, Step
+
+logger = logging.getLogger("poscarflow")
+# OS errors that are the machine's fault, not the calculation's: a full disk or quota,
+# an I/O error, a file system that went away or turned read-only.
+INFRASTRUCTURE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, errno.EROFS}
+
+
+def compute(
+    step: Step, spec: CalcSpec, source: dict, workdir: Path, *, start: Atoms | None = None
+) -> Summary:
+    """Run one quacc job in `workdir`, from `start` if given; return its summary.
+
+    Expected failures become a failed summary with their class (bad input, the
+    machine's fault, any other error with its traceback); a clean stop before the job's
+    time limit raises WallTimeReached for the attempt loop.
+    """
+    calculator = get_calculator(spec["calculator"])
+    recipe = calculator.recipe(step)  # imported outside the timing
+    started = time.time()
+    summary = new_summary(spec, step, source)
+    try:
+        atoms = start if start is not None else load_atoms(step, spec, source)
+        summary["input"]["structure_hash_read"] = structure_hash(atoms)
+        result = _run_quacc(recipe, step, spec, atoms, workdir)
+        summary |= _numbers(step, result)
+        _write_outputs(spec["id"], result, workdir)
+    except BadInput as err:
+        summary |= {"status": "failed", "failure": "bad_input", "reason": str(err)}
+    except WallTimeReached:
+        raise
+    except Exception as err:  # any crash of this calculation: recorded, the batch goes on
+        summary |= {
+            "status": "failed",
+            "failure": "infrastructure" if _machine_fault(err) else "error",
+            "reason": f"{source['path']}: {type(err).__name__}: {err}",
+            "traceback": traceback.format_exc().splitlines()[-20:],
+        }
+    summary["end"] = now()
+    summary["wall_time"] = round(time.time() - started, 3)
+    return summary
+
+
+def _machine_fault(err: BaseException) -> bool:
+    """Whether an exception (or one it was raised from) is a full disk or lost storage."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in INFRASTRUCTURE_ERRNOS:
+            return True
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return False
+
+
+def load_atoms(step: Step, spec: CalcSpec, source: dict) -> Atoms:
+    """The structure to compute: the input file for relax, the relaxed one for static."""
+    if step == "relax":
+        calc = get_calculator(spec["calculator"])
+        structure = StructureFile(spec["id"], spec["path"], spec["format"])
+        return read_structure(structure, spec["checks"]["min_distance"], calc.elements)
+    relax = source["relax"]
+    if relax.get("status") not in ("done", "unconverged"):
+        raise BadInput(f"relax of {spec['id']} did not finish: {relax.get('reason', 'missing')}")
+    return read_final(Path(source["path"]))
+
+
+def read_final(path: Path) -> Atoms:
+    """Read the final structure a calculation wrote (extxyz: full precision, any cell)."""
+    import ase.io
+
+    return ase.io.read(path, format="extxyz")
+
+
+def _run_quacc(recipe: Callable, step: Step, spec: CalcSpec, atoms: Atoms, workdir: Path) -> dict:
+    """Call a quacc recipe with the calculation's files kept in `workdir`."""
+    from quacc import change_settings
+
+    calculator = get_calculator(spec["calculator"])
+    params = spec[step]  # type: ignore[literal-required]
+    if step == "relax":
+        kwargs = calculator.relax_kwargs(params, workdir)
+    else:
+        kwargs = dict(params.get("calc_kwargs", {}))
+    settings = {
+        "RESULTS_DIR": workdir.resolve(),
+        "SCRATCH_DIR": None,
+        "CREATE_UNIQUE_DIR": False,
+        "GZIP_FILES": False,
+        "CHECK_CONVERGENCE": False,  # unconverged is recorded, not raised
+    } | calculator.quacc_settings()
+    with change_settings(settings):
+        result = recipe(atoms, **kwargs)
+    converged = result.get("converged", True)
+    if step == "relax" and not converged and (deadline() or 1e30) < time.time():
+        steps = len(result["trajectory"]) - 1
+        raise WallTimeReached(f"relax stopped after {steps} steps, before the time limit")
+    return result
+
+
+def _numbers(step: Step, result: dict) -> dict[str, Any]:
+    """The few numbers of a quacc result that the summary table needs."""
+    import numpy as np
+
+    atoms = result["atoms"]
+    forces = np.asarray(result["results"]["forces"])
+    numbers: dict[str, Any] = {
+        "formula": atoms.get_chemical_formula(mode="metal"),
+        "natoms": len(atoms),
+        "energy": float(result["results"]["energy"]),
+        "energy_per_atom": float(result["results"]["energy"]) / len(atoms),
+        "max_force": float(np.linalg.norm(forces, axis=1).max()),
+        "volume": float(atoms.get_volume()) if atoms.pbc.all() else None,
+        "status": "done",
+    }
+    if step == "relax":
+        converged = bool(result.get("converged", True))
+        numbers |= {
+            "converged": converged,
+            "opt_steps": len(result.get("trajectory", [])) - 1,
+            "volume_initial": (
+                float(result["input_atoms"]["atoms"].get_volume()) if atoms.pbc.all() else None
+            ),
+            "status": "done" if converged else "unconverged",
+        }
+        if not converged:
+            numbers |= {
+                "failure": "unconverged",
+                "reason": f"relax did not converge in {numbers['opt_steps']} steps "
+                f"(max force {numbers['max_force']:.3g} eV/Å)",
+            }
+    return numbers
+
+
+def _write_outputs(sid: str, result: dict, workdir: Path) -> None:
+    """Write the checkpoint files: full quacc result, the final structure as extxyz with
+    energy and forces, and as a POSCAR when it has a cell."""
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from monty.json import jsanitize
+
+    with gzip.open(workdir / RESULT, "wt") as handle:
+        json.dump(jsanitize(result, strict=False, enum_values=True), handle)
+    atoms = result["atoms"].copy()
+    atoms.info = {"id": sid}
+    if atoms.cell.rank == 3:
+        ase.io.write(workdir / "POSCAR", atoms, format="vasp", direct=True)
+    atoms.calc = SinglePointCalculator(
+        atoms, **{k: v for k, v in result["results"].items() if k in ("energy", "forces", "stress")}
+    )
+    ase.io.write(workdir / FINAL, atoms, format="extxyz")

@@ -1,0 +1,320 @@
+"""The per-run pool of calculation processes: start, stop, supervision and protocol.
+
+Importing quacc costs ~3 s, more than a cheap relax, and a batch job would pay it for
+every batch and step. So a local Snakemake run starts this server (`onstart`); each
+relax or static job hands its request to it over a Unix socket and waits, and the server
+spreads the calculations over processes forked from a fork server that imported quacc
+once (which also balances the load between batches).
+
+Supervision:
+- a pool process that dies takes only the calculation it was running with it: that one
+  is retried once (its task history closes the dead attempt as interrupted, and the
+  relax continues from its last step), the process is replaced, and the batch goes on;
+- when Snakemake dies (SIGKILL included), the server follows within a second, and with
+  it the fork server and every pool process (each is killed by the kernel when its
+  parent dies), so nothing is computed or published after the run has ended;
+- the socket is private to the run: an abstract Unix socket with a random name, a
+  random key that a client must prove (HMAC challenge), and peers of other users refused.
+
+Jobs run by another executor (SLURM) have no pool: they compute in their own process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import logging
+import multiprocessing
+import os
+import queue
+import secrets
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from multiprocessing.connection import Client, Listener, wait
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from poscarflow import settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from poscarflow.records import Request
+
+log = logging.getLogger("poscarflow.pool")
+PR_SET_PDEATHSIG = 1
+RETRIES = 1  # a calculation whose pool process died is retried this many times
+# Imported once by the fork server, before any pool process is forked.
+PRELOAD = ["poscarflow.batch", "poscarflow.attempts", "poscarflow.compute", "ase.optimize",
+           "ase.io.trajectory", "ase.io.extxyz", "ase.io.vasp", "monty.json"]  # fmt: skip
+
+
+class PoolError(RuntimeError):
+    """The pool could not serve a request (it is gone, or refused us)."""
+
+
+# The client side: a job hands its request to the pool.
+def submit(request: Request, address: tuple[str, bytes]) -> list[str]:
+    """Have the pool run a batch request; return the ids it lost (see batch.run_batch)."""
+    name, key = address
+    try:
+        conn = Client("\0" + name, "AF_UNIX", authkey=key)
+    except OSError as err:
+        raise PoolError(f"this run's pool does not answer ({err}); is its Snakemake gone?") from err
+    with conn:
+        conn.send(request)
+        try:
+            reply = conn.recv()
+        except (EOFError, OSError) as err:
+            raise PoolError("this run's pool ended while computing this batch") from err
+    if reply["error"]:
+        raise PoolError(reply["error"])
+    return reply["lost"]
+
+
+# Snakemake's side: start and stop the server.
+@dataclass
+class PoolHandle:
+    """The running server of one Snakemake run."""
+
+    process: subprocess.Popen
+    address: str
+    key: str
+
+
+def start(processes: int, calculator: str, logfile: str | Path) -> PoolHandle:
+    """Start the server and announce it to this process's jobs through the environment."""
+    address = f"poscarflow-{os.getpid()}-{secrets.token_hex(8)}"
+    key = secrets.token_hex(32)
+    Path(logfile).parent.mkdir(parents=True, exist_ok=True)
+    with open(logfile, "a") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "poscarflow.pool", address, str(processes), calculator],
+            env=os.environ | settings.ONE_THREAD | {settings.POOL_KEY: key},
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    _wait_listening(process, address)
+    os.environ[settings.POOL_ADDRESS] = address
+    os.environ[settings.POOL_KEY] = key
+    return PoolHandle(process, address, key)
+
+
+def _wait_listening(process: subprocess.Popen, address: str, timeout: float = 60) -> None:
+    """Wait until the server listens (its abstract socket is in /proc/net/unix)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if f"@{address}" in Path("/proc/net/unix").read_text():
+            return
+        time.sleep(0.02)
+    raise PoolError(f"the pool did not start (exit {process.poll()}); see its log")
+
+
+def stop(handle: PoolHandle | None) -> None:
+    """Stop the server and its processes."""
+    os.environ.pop(settings.POOL_ADDRESS, None)
+    os.environ.pop(settings.POOL_KEY, None)
+    if handle is not None and handle.process.poll() is None:
+        handle.process.terminate()
+        try:
+            handle.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            handle.process.kill()
+
+
+# The server's side.
+def _die_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _pool_process(conn: Any) -> None:
+    """A pool process: run the tasks it is sent, one at a time, until the server goes."""
+    _die_with_parent()
+    if os.getppid() == 1:  # the fork server died before prctl
+        os._exit(1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is Snakemake's to handle
+    while True:
+        try:
+            func, task = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)
+        try:
+            conn.send(("ok", func(task)))
+        except Exception as err:  # reported to the job that sent it
+            log.exception("task failed")
+            conn.send(("error", f"{type(err).__name__}: {err}", traceback.format_exc()))
+
+
+@dataclass
+class _Task:
+    func: Callable
+    arg: Any
+    future: Future = field(default_factory=Future)
+    tries: int = 0
+
+
+@dataclass
+class _Process:
+    process: Any
+    conn: Any
+    task: _Task | None = None
+
+
+class SupervisedPool:
+    """Processes forked from a fork server; a dead one is replaced, its task retried."""
+
+    def __init__(self, processes: int, preload: list[str]) -> None:
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload(preload)
+        self.tasks: queue.Queue[_Task] = queue.Queue()
+        self.wake_r, self.wake_w = os.pipe()
+        self.procs = [self._spawn() for _ in range(processes)]
+        threading.Thread(target=self._dispatch, daemon=True).start()
+
+    def _spawn(self) -> _Process:
+        ours, theirs = self.context.Pipe()
+        process = self.context.Process(target=_pool_process, args=(theirs,), daemon=True)
+        process.start()
+        theirs.close()
+        return _Process(process, ours)
+
+    def map(self, func: Callable, args: Iterable) -> list[Any]:
+        """func over args in the pool, results in order; None where a task was lost."""
+        tasks = [_Task(func, arg) for arg in args]
+        for task in tasks:
+            self.tasks.put(task)
+        os.write(self.wake_w, b".")
+        results = []
+        for task in tasks:
+            outcome = task.future.result()
+            if outcome is not None and outcome[0] == "error":
+                raise RuntimeError(outcome[1])
+            results.append(None if outcome is None else outcome[1])
+        return results
+
+    def _dispatch(self) -> None:
+        """Hand tasks to idle processes; collect results; replace dead processes."""
+        while True:
+            for proc in self.procs:
+                if proc.task is None and not self.tasks.empty():
+                    proc.task = self.tasks.get()
+                    proc.task.tries += 1
+                    proc.conn.send((proc.task.func, proc.task.arg))
+            busy = {p.conn: p for p in self.procs if p.task is not None}
+            sentinels = {p.process.sentinel: p for p in self.procs}
+            ready = wait([self.wake_r, *busy, *sentinels], timeout=5)
+            if self.wake_r in ready:
+                os.read(self.wake_r, 4096)
+            for conn in (c for c in ready if c in busy):
+                proc = busy[conn]
+                try:
+                    proc.task.future.set_result(conn.recv())
+                    proc.task = None
+                except (EOFError, OSError):
+                    pass  # it died while answering: its sentinel says so
+            for sentinel in (s for s in ready if s in sentinels):
+                self._replace(sentinels[sentinel])
+
+    def _replace(self, dead: _Process) -> None:
+        """A pool process died: retry its task (once) and start a new process."""
+        dead.process.join()
+        log.warning("pool process %d died (exit %s)", dead.process.pid, dead.process.exitcode)
+        if (task := dead.task) is not None:
+            if task.tries <= RETRIES:
+                log.warning("retrying its calculation %s", _describe(task.arg))
+                self.tasks.put(task)
+            else:
+                task.future.set_result(None)
+        self.procs[self.procs.index(dead)] = self._spawn()
+
+    def kill(self) -> None:
+        """Kill every pool process now."""
+        for proc in self.procs:
+            with contextlib.suppress(OSError):
+                proc.process.kill()
+
+
+def _describe(arg: Any) -> str:
+    """A task's calculation, for the log ((request, id) → "relax <id>")."""
+    with contextlib.suppress(Exception):
+        return f"{arg[0]['step']} {arg[1]}"
+    return repr(arg)[:80]
+
+
+def _peer_uid(conn: Any) -> int:
+    """The user id of the process at the other end of a Unix socket connection."""
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    finally:
+        sock.close()
+    return struct.unpack("3i", creds)[1]
+
+
+def _handle(conn: Any, pool: SupervisedPool) -> None:
+    """Serve one job's request: its calculations go to the pool."""
+    from poscarflow.batch import run_batch
+
+    with conn:
+        try:
+            request = conn.recv()
+            log.info("%s %s: %d calculations", request["step"], request["batch"],
+                     len(request["calcs"]))  # fmt: skip
+            lost = run_batch(request, mapper=pool.map)
+            conn.send({"lost": lost, "error": None})
+        except Exception as err:  # reported to the waiting job; the pool goes on
+            log.exception("request failed")
+            with contextlib.suppress(OSError):
+                conn.send({"lost": [], "error": f"{type(err).__name__}: {err}"})
+
+
+def _exit_with(parent: int, pool: SupervisedPool) -> None:
+    """Exit when the Snakemake process that started us is gone (even after SIGKILL)."""
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    log.warning("Snakemake (pid %d) is gone: stopping the pool", parent)
+    pool.kill()
+    os._exit(1)
+
+
+def serve(address: str, processes: int, calculator: str) -> None:
+    """Listen first (jobs may connect while quacc imports), then start the pool."""
+    from poscarflow.calculators import get_calculator
+
+    parent = os.getppid()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s pool: %(message)s")
+    listener = Listener("\0" + address, "AF_UNIX", authkey=os.environ[settings.POOL_KEY].encode())
+    started = time.time()
+    pool = SupervisedPool(processes, [get_calculator(calculator).module, *PRELOAD])
+    signal.signal(signal.SIGTERM, lambda *_: (pool.kill(), os._exit(0)))
+    threading.Thread(target=_exit_with, args=(parent, pool), daemon=True).start()
+    log.info("%d processes starting (%.1f s)", processes, time.time() - started)
+    uid = os.getuid()
+    for _ in itertools.count():
+        try:
+            conn = listener.accept()
+        except (OSError, EOFError, multiprocessing.AuthenticationError) as err:
+            log.warning("refused a connection: %s", err)
+            continue
+        if _peer_uid(conn) != uid:
+            log.warning("refused a connection from another user")
+            conn.close()
+            continue
+        threading.Thread(target=_handle, args=(conn, pool), daemon=True).start()
+
+
+if __name__ == "__main__":  # the pool's functions must pickle as poscarflow.pool's
+    from poscarflow import pool  # noqa: PLW0406
+
+    pool.serve(sys.argv[1], int(sys.argv[2]), sys.argv[3])

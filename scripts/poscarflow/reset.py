@@ -1,0 +1,52 @@
+"""`poscarflow reset`: clear failed calculations so that the next plain run retries them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from poscarflow.files import read_json
+from poscarflow.history import append_history
+from poscarflow.layout import STEPS, Layout
+from poscarflow.plan import Plan
+from poscarflow.records import reset_record
+
+
+def reset(
+    plan: Plan,
+    results: str = "results",
+    ids: list[str] | None = None,
+    failure: str | None = None,
+    dry_run: bool = False,
+) -> list[str]:
+    """Clear failed calculations (and their restart budgets) so the next run retries them.
+
+    Only failed (or unconverged) calculations are removed, with the batch manifests that
+    list them so that Snakemake reruns those batches; their finished calculations are
+    reused, not touched.
+    """
+    actions = []
+    layout = Layout(Path(results))
+    for sid in ids or list(plan.structures):
+        summaries = {step: read_json(layout.summary(sid, step)) for step in STEPS}
+        failed = [s for s in STEPS if (summaries[s] or {}).get("failure")]
+        if not failed or (failure and summaries[failed[0]].get("failure") != failure):
+            continue
+        for step in failed:
+            actions.append(f"reset {sid} {step}: {summaries[step].get('reason', '')}")
+            if not dry_run:
+                _clear(plan, layout, sid, step)
+    return actions or ["nothing to reset"]
+
+
+def _clear(plan: Plan, layout: Layout, sid: str, step: str) -> None:
+    """Remove one failed calculation and its batch's manifests; zero its budgets."""
+    batch = next(b for b, members in plan.batches.items() if sid in members)
+    for later in STEPS[STEPS.index(step) :]:
+        layout.manifest(later, batch).unlink(missing_ok=True)
+    folder = layout.calc_dir(sid, step)
+    trash = folder.with_name(f".{step}.reset-{os.getpid()}")
+    folder.rename(trash)
+    shutil.rmtree(trash)
+    append_history(layout.history(sid), reset_record(step))

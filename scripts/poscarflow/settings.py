@@ -1,0 +1,47 @@
+"""Every environment variable poscarflow reads, named in one place.
+
+Everything else a job needs reaches it through its request file (see `records.Request`),
+so a job's behaviour can be read from that file and these few variables.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set by the pool for the jobs of one local run (see pool.py); absent on SLURM.
+POOL_ADDRESS = "POSCARFLOW_POOL"
+POOL_KEY = "POSCARFLOW_POOL_KEY"
+# Epoch seconds at which a relax stops cleanly; from SLURM's time limit when unset.
+DEADLINE = "POSCARFLOW_DEADLINE"
+# The SLURM partition and account of profiles/slurm (read by the profile only).
+SLURM_PARTITION = "POSCARFLOW_SLURM_PARTITION"
+SLURM_ACCOUNT = "POSCARFLOW_SLURM_ACCOUNT"
+# Set by SLURM inside a job: where the calculation ran, and its MPI tasks (VASP).
+SLURM_JOB_ID = "SLURM_JOB_ID"
+SLURM_NTASKS = "SLURM_NTASKS"
+# quacc's own setting that poscarflow neutralises: Snakemake is the workflow engine.
+QUACC_WORKFLOW_ENGINE = "QUACC_WORKFLOW_ENGINE"
+# One BLAS/OpenMP thread per pool process: the pool already uses every core.
+ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+def slurm_job_id() -> str | None:
+    """The SLURM job this process runs in, or None outside SLURM."""
+    return os.environ.get(SLURM_JOB_ID)
+
+
+def slurm_ntasks() -> str | None:
+    """The number of MPI tasks of this SLURM job, or None."""
+    return os.environ.get(SLURM_NTASKS)
+
+
+def deadline_override() -> float | None:
+    """`POSCARFLOW_DEADLINE` as epoch seconds, or None when unset."""
+    value = os.environ.get(DEADLINE)
+    return float(value) if value else None
+
+
+def pool_address() -> tuple[str, bytes] | None:
+    """This run's pool (address, key), or None when the job must compute itself."""
+    address, key = os.environ.get(POOL_ADDRESS), os.environ.get(POOL_KEY)
+    return (address, key.encode()) if address and key else None
