@@ -6,6 +6,8 @@ import json
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -211,3 +213,31 @@ def test_job_inside_a_slurm_allocation_still_uses_the_pool(
     run(str(request), "logs/relax.log", job_code("emt")["digest"])
     assert "relax batch0: 2 calculations" in Path("pool.log").read_text()
     assert "computing in this process" not in Path("logs/relax.log").read_text()
+
+
+@pytest.mark.slow
+def test_pool_server_killed_takes_its_processes_and_the_job_says_so(
+    tmp_path: Path, running_pool
+) -> None:
+    plan = _plan(tmp_path, n=2, max_steps=100000, fmax=1e-9)
+    request = plan.request("relax", "batch0", rerun_on_code=True, policy={})
+    command = [sys.executable, "-m", "poscarflow.job", str(request), "logs/relax.log", "--code",
+               job_code("emt")["digest"]]  # fmt: skip
+    job = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)  # pool's env: inherited
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(Path("results/calcs").glob("*/.relax.tmp-*"))) < 2:
+        time.sleep(0.05)
+    server = running_pool.process.pid
+    pool_processes = _pids_under(server)
+    os.kill(server, signal.SIGKILL)
+    running_pool.process.wait()
+    _, err = job.communicate(timeout=30)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in pool_processes):
+        time.sleep(0.1)
+    assert not [p for p in pool_processes if _alive(p)]
+    assert job.returncode == 1
+    assert err == "poscarflow: this run's pool ended while computing this batch\n"
+    time.sleep(1)
+    assert not list(Path("results/calcs").glob("*/relax"))  # nothing published
+

@@ -22,7 +22,6 @@ Jobs run by another executor (SLURM) have no pool: they compute in their own pro
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import logging
 import multiprocessing
@@ -51,11 +50,13 @@ if TYPE_CHECKING:
     from poscarflow.records import Request
 
 log = logging.getLogger("poscarflow.pool")
-PR_SET_PDEATHSIG = 1
 RETRIES = 1  # a calculation whose pool process died is retried this many times
-# Imported once by the fork server, before any pool process is forked.
-PRELOAD = ["poscarflow.batch", "poscarflow.attempts", "poscarflow.compute", "ase.optimize",
-           "ase.io.trajectory", "ase.io.extxyz", "ase.io.vasp", "monty.json"]  # fmt: skip
+# Imported once by the fork server, before any pool process is forked; the lifeline
+# first, so that the fork server dies with the server even while it imports quacc.
+PRELOAD = [
+    "poscarflow.lifeline", "poscarflow.batch", "poscarflow.attempts", "poscarflow.compute",
+    "ase.optimize", "ase.io.trajectory", "ase.io.extxyz", "ase.io.vasp", "monty.json",
+]  # fmt: skip
 
 
 class PoolError(RuntimeError):
@@ -131,17 +132,11 @@ def stop(handle: PoolHandle | None) -> None:
 
 
 # The server's side.
-def _die_with_parent() -> None:
-    """Have the kernel kill this process when its parent dies (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def _pool_process(conn: Any) -> None:
     """A pool process: run the tasks it is sent, one at a time, until the server goes."""
-    _die_with_parent()
-    if os.getppid() == 1:  # the fork server died before prctl
-        os._exit(1)
+    from poscarflow.lifeline import die_with_parent  # imported by the fork server
+
+    die_with_parent()  # its parent is the fork server, which dies with the server
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is Snakemake's to handle
     while True:
@@ -296,7 +291,7 @@ def serve(address: str, processes: int, calculator: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s pool: %(message)s")
     listener = Listener("\0" + address, "AF_UNIX", authkey=os.environ[settings.POOL_KEY].encode())
     started = time.time()
-    pool = SupervisedPool(processes, [get_calculator(calculator).module, *PRELOAD])
+    pool = SupervisedPool(processes, [*PRELOAD, get_calculator(calculator).module])
     signal.signal(signal.SIGTERM, lambda *_: (pool.kill(), os._exit(0)))
     threading.Thread(target=_exit_with, args=(parent, pool), daemon=True).start()
     log.info("%d processes starting (%.1f s)", processes, time.time() - started)
