@@ -20,6 +20,9 @@
 #    (MinJobAge=600 keeps finished jobs in squeue/scontrol for 10 min). A job shows up
 #    in sacct a moment after sbatch returns, not at once.
 #  - snakemake's slurm plugin needs mem_mb >= 300: each job runs a snakemake process.
+#    Its `--slurm-status-command sacct` works here as well as squeue. Its account guess
+#    (plugin 2.8.0) passes "| tail -1" to sacct as arguments and warns on every run
+#    ("sacct: invalid option -- '1'"); POSCARFLOW_SLURM_ACCOUNT=root avoids that.
 set -euo pipefail
 
 ETC=/etc/slurm
@@ -67,13 +70,15 @@ start_munge() {
   logs_tail; die "munged does not answer"
 }
 
-# Run "$@" every 0.5 s until it succeeds (0) or $TIMEOUT s pass (1); each try is
-# limited to 10 s. Dies early, with the logs, if daemon $1 is not running (after 2 s).
+# Run "$@" every 0.5 s until it succeeds (0) or $TIMEOUT s have passed (1); each try
+# is limited to 10 s. Dies early, with the logs, if daemon $1 is not running (after 2 s).
 wait_for() {
-  local daemon=$1 i; shift
-  for i in $(seq $((TIMEOUT * 2))); do
+  local daemon=$1 start=$SECONDS; shift
+  while [ $((SECONDS - start)) -lt "$TIMEOUT" ]; do
     timeout 10 "$@" >/dev/null 2>&1 && return 0
-    if [ "$i" -gt 4 ] && ! running "$daemon"; then logs_tail; die "$daemon died (logs above)"; fi
+    if [ $((SECONDS - start)) -ge 2 ] && ! running "$daemon"; then
+      logs_tail; die "$daemon died (logs above)"
+    fi
     sleep 0.5
   done
   return 1
