@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Single-node SLURM cluster on this machine, for `snakemake --executor slurm`
-# integration tests. Debian 12 packages (SLURM 22.05), run as root, no systemd:
-# daemons are started directly.   Usage: scripts/slurm-local.sh start|stop|status
+# integration tests. Debian 12 packages (SLURM 22.05, MariaDB 10.11), run as root, no
+# systemd: daemons are started directly.   Usage: scripts/slurm-local.sh start|stop|status
+#
+# Daemons, in start order: munged, mariadbd (MariaDB, the accounting database: root
+# over its Unix socket, no password), slurmdbd, slurmctld, slurmd. `stop` stops them
+# all (in reverse); `start` and `stop` may be repeated. Every wait is bounded
+# (SLURM_LOCAL_TIMEOUT seconds each, default 60); on failure the daemons' logs are shown.
 #
 # Found in the test VM (Firecracker, cgroup v1 hybrid, /sys/fs/cgroup/memory writable):
 #  - proctrack/cgroup + task/cgroup (ConstrainRAMSpace) work: a job over --mem is
@@ -10,17 +15,24 @@
 #    proctrack/linuxproc + task/affinity + JobAcctGatherParams=OverMemoryKill: a job
 #    over --mem is killed too, but ends FAILED (exit 0:9), not OUT_OF_MEMORY.
 #  - A job over --time=1 ends TIMEOUT after ~70 s (OverTimeLimit=0, KillWait=5).
-#  - No accounting: sacct exits 1 ("accounting storage is disabled"); use squeue or
-#    scontrol (MinJobAge=600 keeps finished jobs visible for 10 min). snakemake's
-#    slurm plugin therefore needs `--slurm-status-command squeue` (with sacct it
-#    polls forever), and mem_mb >= 300: each job runs a snakemake process itself.
+#  - Accounting (slurmdbd, cluster poscarflow-local; root's jobs go to account root):
+#    `sacct -j ID` gives a job's state, also after squeue has forgotten it
+#    (MinJobAge=600 keeps finished jobs in squeue/scontrol for 10 min). A job shows up
+#    in sacct a moment after sbatch returns, not at once.
+#  - snakemake's slurm plugin needs mem_mb >= 300: each job runs a snakemake process.
+#    Its `--slurm-status-command sacct` works here as well as squeue. Its account guess
+#    (plugin 2.8.0) passes "| tail -1" to sacct as arguments and warns on every run
+#    ("sacct: invalid option -- '1'"); POSCARFLOW_SLURM_ACCOUNT=root avoids that.
 set -euo pipefail
 
 ETC=/etc/slurm
 LOGDIR=/var/log/slurm
 NODE=$(hostname -s)
 TIMEOUT=${SLURM_LOCAL_TIMEOUT:-60}
-PKGS=(slurmctld slurmd slurm-client munge)
+PKGS=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
+CLUSTER=poscarflow-local
+MYSQL_LOG=/var/log/mysql/error.log
+DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)
 
 log() { echo "[slurm-local] $*"; }
 die() { echo "[slurm-local] ERROR: $*" >&2; exit 1; }
@@ -30,7 +42,8 @@ node_state() { sinfo -h -N -n "$NODE" -o %T 2>/dev/null | head -n1 || true; }
 usable() { case "$(node_state)" in idle|mixed|allocated|completing) return 0 ;; *) return 1 ;; esac; }
 logs_tail() {
   local f
-  for f in /var/log/munge/munged.log "$LOGDIR/slurmctld.log" "$LOGDIR/slurmd.log"; do
+  for f in /var/log/munge/munged.log "$MYSQL_LOG" "$LOGDIR/slurmdbd.log" "$LOGDIR/slurmctld.log" \
+    "$LOGDIR/slurmd.log"; do
     if [ -f "$f" ]; then echo "--- tail $f"; tail -n 20 "$f"; fi
   done >&2
 }
@@ -57,6 +70,82 @@ start_munge() {
   logs_tail; die "munged does not answer"
 }
 
+# Run "$@" every 0.5 s until it succeeds (0) or $TIMEOUT s have passed (1); each try
+# is limited to 10 s. Dies early, with the logs, if daemon $1 is not running (after 2 s).
+wait_for() {
+  local daemon=$1 start=$SECONDS; shift
+  while [ $((SECONDS - start)) -lt "$TIMEOUT" ]; do
+    timeout 10 "$@" >/dev/null 2>&1 && return 0
+    if [ $((SECONDS - start)) -ge 2 ] && ! running "$daemon"; then
+      logs_tail; die "$daemon died (logs above)"
+    fi
+    sleep 0.5
+  done
+  return 1
+}
+
+# MariaDB for slurmdbd, started like the init script would (no mysqld_safe).
+start_mariadb() {
+  install -d -o mysql -g mysql -m 0755 /run/mysqld   # no systemd/tmpfiles to create it
+  install -d -o mysql -g adm -m 2750 /var/log/mysql
+  if [ ! -d /var/lib/mysql/mysql ]; then  # normally made by the package's postinst
+    log "creating the MariaDB data directory"
+    mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
+  fi
+  if ! running mariadbd; then
+    log "starting mariadbd"
+    # setsid + no inherited descriptors: the caller (e.g. Python's subprocess.run with
+    # captured output) must not wait for it. Lock timeout as SLURM's docs advise.
+    setsid mariadbd --user=mysql --innodb-lock-wait-timeout=900 --log-error="$MYSQL_LOG" \
+      </dev/null >/dev/null 2>&1 &
+  fi
+  wait_for mariadbd mariadb-admin --silent ping || { logs_tail; die "mariadbd does not answer"; }
+}
+
+# slurmdbd stores to MariaDB as root over the Unix socket (Debian's root uses unix_socket
+# authentication, so no password is needed or written anywhere).
+write_dbd_conf() {
+  install -d -m 0755 "$ETC" "$LOGDIR"
+  install -m 0600 /dev/null "$ETC/slurmdbd.conf"   # slurmdbd refuses a readable one
+  cat >"$ETC/slurmdbd.conf" <<EOF
+# Written by scripts/slurm-local.sh: accounting of the local single-node test cluster.
+AuthType=auth/munge
+DbdHost=localhost
+SlurmUser=root
+LogFile=$LOGDIR/slurmdbd.log
+PidFile=/run/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=root
+StorageLoc=slurm_acct_db
+EOF
+}
+
+# slurmdbd, and the cluster registered in it (sacctmgr also creates the account root,
+# with root's association). slurmdbd creates its database on its first start.
+start_slurmdbd() {
+  if ! running slurmdbd; then
+    write_dbd_conf
+    log "starting slurmdbd"
+    slurmdbd
+  fi
+  wait_for slurmdbd sacctmgr -n list cluster || { logs_tail; die "slurmdbd does not answer"; }
+  local clusters
+  clusters=$(timeout 10 sacctmgr -n -P list cluster format=cluster) || die "sacctmgr failed"
+  if ! grep -qx "$CLUSTER" <<<"$clusters"; then
+    log "registering cluster $CLUSTER in slurmdbd"
+    timeout 30 sacctmgr -i add cluster "$CLUSTER" >/dev/null
+  fi
+}
+
+# slurmctld's running configuration stores to slurmdbd? (No when it was started by an
+# older version of this script.)
+accounting_on() {
+  local conf
+  conf=$(scontrol show config 2>/dev/null) || return 1  # (grep -q in a pipe: SIGPIPE)
+  grep -q '^AccountingStorageType *= *accounting_storage/slurmdbd' <<<"$conf"
+}
+
 # Memory cgroup (v1) writable? Then let the kernel enforce --mem, else poll RSS.
 use_cgroup() {
   local d=/sys/fs/cgroup/memory/.slurm-local-probe
@@ -80,7 +169,7 @@ write_conf() {
   fi
   cat >"$ETC/slurm.conf" <<EOF
 # Written by scripts/slurm-local.sh: local single-node test cluster.
-ClusterName=poscarflow-local
+ClusterName=$CLUSTER
 SlurmctldHost=$NODE
 SlurmUser=root
 AuthType=auth/munge
@@ -104,7 +193,8 @@ SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1024
 $plugins
 JobAcctGatherFrequency=1
-AccountingStorageType=accounting_storage/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
 JobCompType=jobcomp/none
 NodeName=$NODE $cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
@@ -130,12 +220,23 @@ start() {
   [ "$(id -u)" -eq 0 ] || die "must run as root"
   install_pkgs
   start_munge
-  if ! running slurmctld || ! running slurmd; then
-    write_conf
+  start_mariadb
+  if running slurmctld && ! accounting_on; then
+    log "slurmctld runs without accounting: restarting slurmctld and slurmd"
+    scontrol shutdown 2>/dev/null || true
+    stop_proc slurmd 10; stop_proc slurmctld 10
+  fi
+  local fresh=no
+  if ! running slurmctld || ! running slurmd; then write_conf; fresh=yes; fi
+  start_slurmdbd   # after slurm.conf: sacctmgr reads it
+  if [ $fresh = yes ]; then
     running slurmctld || { log "starting slurmctld"; slurmctld; }
     running slurmd || { log "starting slurmd"; slurmd; }
   fi
   wait_idle
+  # slurmctld registers with slurmdbd at start; sacct then answers from the database
+  wait_for slurmdbd sacct -n -X -j 1 || { logs_tail; die "sacct does not answer"; }
+  log "accounting up: sacct answers"
 }
 
 # Wait for process $1 to exit; SIGTERM after $2 half-seconds, SIGKILL after 15 s.
@@ -156,17 +257,26 @@ stop() {
     for _ in $(seq 30); do [ -z "$(squeue -h -t PD,R,CG,S 2>/dev/null)" ] && break; sleep 0.5; done
     scontrol shutdown 2>/dev/null || true   # stops slurmctld and slurmd
   fi
-  stop_proc slurmd 10; stop_proc slurmstepd 10; stop_proc slurmctld 10; stop_proc munged 1
-  if running munged || running slurmctld || running slurmd; then die "some daemons are still running"; fi
+  stop_proc slurmd 10; stop_proc slurmstepd 10; stop_proc slurmctld 10
+  # after slurmctld, which sends slurmdbd its last records when it shuts down
+  stop_proc slurmdbd 1
+  stop_proc mysqld_safe 1   # if the package's init script started MariaDB: it would restart it
+  stop_proc mariadbd 1; stop_proc munged 1
+  local d left=()
+  for d in "${DAEMONS[@]}"; do running "$d" && left+=("$d"); done
+  [ ${#left[@]} -eq 0 ] || die "still running: ${left[*]}"
   log "stopped"
 }
 
 status() {
   local d rc=0
-  for d in munged slurmctld slurmd; do
+  for d in "${DAEMONS[@]}"; do
     if running "$d"; then log "$d: running (pid $(pids "$d" | xargs))"; else log "$d: not running"; rc=1; fi
   done
   sinfo 2>&1 || true
+  if [ $rc -eq 0 ] && ! timeout 10 sacct -n -X -j 1 >/dev/null 2>&1; then
+    log "sacct does not answer"; rc=1
+  fi
   if [ $rc -eq 0 ] && usable; then log "cluster usable"; else log "cluster NOT usable"; return 1; fi
 }
 

@@ -17,6 +17,7 @@ import math
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -171,6 +172,29 @@ def test_missing_or_unknown_partition_stops_before_submitting(
         assert message in output.splitlines()[-1]
         assert not SUBMITTED.search(output)
     assert not (workflow.root / "results").exists()
+
+
+def test_sacct_reports_the_state_of_a_job(partition: str) -> None:
+    """The cluster keeps accounting (slurmdbd): `sacct -j` answers with a job's state.
+    A job reaches the database a moment after sbatch returns, and the node may be busy
+    with the TIMEOUT scenario's job, so this waits (bounded) for the final state. (Not
+    the job name: sacct can show "allocation" for a moment, before the job's record.)"""
+    submitted = _sh(
+        "sbatch", "--parsable", "-p", partition, "-t", "1", "--mem", "100",
+        "-o", "/dev/null", "--wrap", "true",
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    row: list[str] = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        sacct = _sh("sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,State,ExitCode")
+        assert sacct.returncode == 0, sacct.stderr  # e.g. "accounting storage is disabled"
+        row = sacct.stdout.strip().split("|")
+        if len(row) == 3 and row[1] not in {"PENDING", "RUNNING", "COMPLETING"}:
+            break
+        time.sleep(1)
+    assert row == [job_id, "COMPLETED", "0:0"]
 
 
 def test_slurm_run_matches_local_run_and_rerun_submits_nothing(

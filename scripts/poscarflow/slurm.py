@@ -1,9 +1,20 @@
-"""What SLURM says about the job a calculation runs in (scontrol, squeue)."""
+"""What SLURM says: the state and time left of the job a calculation runs in
+(scontrol, squeue), and whether a partition can hold a job at all (sinfo): a job that no
+node of its partition can hold would sit PENDING (reason PartitionConfig) forever, and
+SLURM says nothing else about it.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
 import subprocess
+
+logger = logging.getLogger("poscarflow.slurm")
+
+SINFO_TIMEOUT = 30  # seconds; sinfo waits for slurmctld, which may be busy or down
 
 # SLURM job states → failure classes of the restart policy.
 SLURM_CLASSES = {
@@ -64,3 +75,84 @@ def time_left(job_id: str | None) -> float | None:
         return None  # UNLIMITED, NOT_SET, INVALID, or no answer
     seconds = sum(p * 60**i for i, p in enumerate(reversed(parts)))
     return seconds + int(days or 0) * 86400
+
+
+def check_request(partition: str, cpus: int, mem_mb: int) -> None:
+    """Raise if no node of `partition` can hold a job of `cpus` CPUs and `mem_mb` MB.
+
+    Reads the CPUs and memory of every node of the partition from `sinfo -h -p PART -N
+    -o "%c %m"`; the job fits if one node has both. Does nothing where SLURM's `sinfo` is
+    not installed, or does not answer (logged: sbatch will then say what is wrong).
+
+    Parameters
+    ----------
+    partition : str
+        The SLURM partition (sbatch -p), or several, comma-separated: the job then fits
+        if it fits one of them.
+    cpus : int
+        CPUs one job asks for (for a group job: the sum of its jobs' threads).
+    mem_mb : int
+        Memory in MB one job asks for (sbatch --mem).
+
+    Raises
+    ------
+    ValueError
+        One line that says what was asked, what the partition offers and what to
+        change; also when the partition has no nodes (or does not exist).
+    """
+    shapes = _node_shapes(partition)
+    if shapes is None:
+        return
+    if not shapes:
+        raise ValueError(
+            f"SLURM partition {partition!r} has no nodes (`sinfo -p {partition}` lists "
+            "none): is it spelt right? `sinfo -s` lists the partitions"
+        )
+    if any(c >= cpus and m >= mem_mb for c, m in shapes):
+        return
+    largest = _largest(shapes)
+    offers = ", or ".join(f"{c} CPUs and {m} MB" for c, m in largest)
+    node = "node has" if len(largest) == 1 else "nodes have"
+    raise ValueError(
+        f"a job of {cpus} CPUs and {mem_mb} MB cannot run in SLURM partition "
+        f"{partition!r} (it would stay PENDING): its largest {node} {offers}; lower "
+        "`group-components` in profiles/slurm/config.yaml (batches per job), or "
+        "`batch_size` in config/config.yaml, or the rules' `threads`/`mem_mb`, until "
+        "a job fits one node"
+    )
+
+
+def _node_shapes(partition: str) -> set[tuple[int, int]] | None:
+    """(CPUs, memory in MB) of the partition's nodes; None if sinfo cannot tell."""
+    sinfo = shutil.which("sinfo")
+    if sinfo is None:
+        return None
+    cmd = [sinfo, "-h", "-p", partition, "-N", "-o", "%c %m"]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, check=False, timeout=SINFO_TIMEOUT
+        )
+    except subprocess.TimeoutExpired:
+        logger.warning("%s: no answer in %d s; request not checked", " ".join(cmd), SINFO_TIMEOUT)
+        return None
+    if proc.returncode != 0:
+        logger.warning("%s failed; request not checked: %s", " ".join(cmd), proc.stderr.strip())
+        return None
+    shapes = set()
+    for line in proc.stdout.splitlines():
+        numbers = re.findall(r"\d+", line)  # memory can read "22900+" in some versions
+        if len(numbers) == 2:
+            shapes.add((int(numbers[0]), int(numbers[1])))
+    return shapes
+
+
+def _largest(shapes: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The node shapes that no other has more CPUs and more memory than, most CPUs first."""
+    return sorted(
+        (
+            (c, m)
+            for c, m in shapes
+            if not any(c2 >= c and m2 >= m and (c2, m2) != (c, m) for c2, m2 in shapes)
+        ),
+        reverse=True,
+    )
