@@ -18,7 +18,7 @@ include: "workflow/rules/collect.smk"
 rule all:
     default_target: True
     input:
-        final_outputs(),
+        final_outputs,
 
 
 onstart:

@@ -78,20 +78,26 @@ def test_budget_is_used_up_and_survives_a_restart(tmp_path, monkeypatch) -> None
     assert again["code"] == job_code("emt")
 
 
-@pytest.mark.slow
-def test_killed_relax_continues_from_its_last_step(tmp_path, monkeypatch) -> None:
-    """Kill a relax of a 32-atom cell after k steps: the restart repeats none of them."""
+def _al32_plan(tmp_path: Path) -> Plan:
+    """A rattled 32-atom Al cell relaxed tightly (about 45 BFGS steps), in `structures/`."""
     from ase.build import bulk
     from ase.io import write
-    from ase.io.trajectory import Trajectory
 
-    monkeypatch.chdir(tmp_path)
     atoms = bulk("Al", cubic=True) * (2, 2, 2)
     atoms.rattle(0.1, seed=1)
     Path("structures").mkdir()
     write("structures/Al32.vasp", atoms, format="vasp")
     relax = example_config()["relax"] | {"fmax": 0.001}
-    plan = Plan(example_config(structures="structures", relax=relax), tmp_path / ".h.json")
+    return Plan(example_config(structures="structures", relax=relax), tmp_path / ".h.json")
+
+
+@pytest.mark.slow
+def test_killed_relax_continues_from_its_last_step(tmp_path, monkeypatch) -> None:
+    """Kill a relax of a 32-atom cell after k steps: the restart repeats none of them."""
+    from ase.io.trajectory import Trajectory
+
+    monkeypatch.chdir(tmp_path)
+    plan = _al32_plan(tmp_path)
     (batch,) = plan.batches
     request = plan.request("relax", batch, rerun_on_code=True, policy={})
     command = [sys.executable, "-m", "poscarflow.job", str(request.resolve()), "logs/relax.log",
@@ -150,19 +156,12 @@ def _frames(calcs: Path) -> int:
 def test_relax_stops_before_the_time_limit_and_the_next_attempt_continues(
     tmp_path, monkeypatch
 ) -> None:
-    from ase.build import bulk
-    from ase.io import write
 
     from poscarflow.resume import WallTimeReached, deadline
     from poscarflow.settings import DEADLINE
 
     monkeypatch.chdir(tmp_path)
-    atoms = bulk("Al", cubic=True) * (2, 2, 2)
-    atoms.rattle(0.1, seed=1)
-    Path("structures").mkdir()
-    write("structures/Al32.vasp", atoms, format="vasp")
-    relax = example_config()["relax"] | {"fmax": 0.001}
-    plan = Plan(example_config(structures="structures", relax=relax), tmp_path / ".h.json")
+    plan = _al32_plan(tmp_path)
     results = Path("results")
 
     def relax(restarts: dict[str, int]) -> dict:

@@ -240,4 +240,3 @@ def test_pool_server_killed_takes_its_processes_and_the_job_says_so(
     assert err == "poscarflow: this run's pool ended while computing this batch\n"
     time.sleep(1)
     assert not list(Path("results/calcs").glob("*/relax"))  # nothing published
-

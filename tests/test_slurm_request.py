@@ -91,3 +91,23 @@ def test_refused_request_is_one_slurm_would_hold_forever(partition: str) -> None
         assert state == "PENDING PartitionConfig"
     finally:
         subprocess.run(["scancel", job_id], check=False)
+
+
+@pytest.mark.slow
+def test_oversized_group_job_is_refused_before_submitting(workflow, partition: str) -> None:
+    """Regression: 4 batches per group job (4 CPUs) on a 2-CPU node sat PENDING forever;
+    now `snakemake --profile profiles/slurm` (and -n) says so and submits nothing."""
+    cpus, _ = node(partition)
+    workflow.config["batch_size"] = 1
+    workflow.write_config()
+    for i in range(cpus + 1):
+        shutil.copy2(test_slurm.REPO / "config/structures/Cu_fcc.vasp",
+                     workflow.structures / f"Cu{i}.vasp")  # fmt: skip
+    profile = ("--profile", "profiles/slurm", "--group-components", f"calculation={cpus + 1}")
+    for dry in ((), ("-n",)):
+        proc = workflow.run(
+            *profile, *dry, check=False, env={"POSCARFLOW_SLURM_PARTITION": partition}
+        )
+        assert proc.returncode != 0
+        assert f"poscarflow: a job of {cpus + 1} CPUs" in proc.output
+        assert "submitted with SLURM jobid" not in proc.output

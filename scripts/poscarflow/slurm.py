@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+from typing import Any
 
 logger = logging.getLogger("poscarflow.slurm")
 
@@ -75,6 +76,18 @@ def time_left(job_id: str | None) -> float | None:
         return None  # UNLIMITED, NOT_SET, INVALID, or no answer
     seconds = sum(p * 60**i for i, p in enumerate(reversed(parts)))
     return seconds + int(days or 0) * 86400
+
+
+def submits_to_slurm(workflow: Any) -> str | None:
+    """The partition a Snakemake run submits to (profiles/slurm sets `slurm_partition`
+    among the default resources), or None for a local run or a job inside SLURM."""
+    if workflow.remote_exec or not workflow.resource_settings.default_resources:
+        return None
+    for arg in workflow.resource_settings.default_resources.args or []:
+        name, _, value = arg.partition("=")
+        if name == "slurm_partition":
+            return value.strip("'\"")
+    return None
 
 
 def check_request(partition: str, cpus: int, mem_mb: int) -> None:

@@ -8,6 +8,7 @@ from poscarflow.history import failures, read_history
 from poscarflow.layout import PLOTS, Layout
 from poscarflow.plan import Plan
 from poscarflow.policy import escalated, read_file
+from poscarflow.slurm import check_request, submits_to_slurm
 from poscarflow.vasp import check_potcars
 
 LAYOUT = Layout(Path("results"))
@@ -17,6 +18,7 @@ POLICY = read_file(config["restart_policy"])
 if config["calculator"] == "vasp":  # every POTCAR, before anything is submitted
     for preset in PLAN.vasp_presets:
         check_potcars(PLAN.elements, preset)
+MEM_MB = 2000  # per batch job, before escalation
 # The code a relax or static job runs (our modules and package versions) is part of its
 # shell command, so that Snakemake's own `code` trigger sees it.
 CODE = job_code(config["calculator"])["digest"]
@@ -76,8 +78,22 @@ def manifests(step):
     return [str(LAYOUT.manifest(step, batch)) for batch in PLAN.batches]
 
 
-def final_outputs():
-    """What `rule all` asks for."""
+def check_slurm_request():
+    """Under profiles/slurm (-n too): refuse a group job that no node of the partition
+    can hold, instead of letting it sit PENDING. Called while the DAG is built, when
+    Snakemake knows the group components."""
+    if partition := submits_to_slurm(workflow):
+        components = workflow.group_settings.group_components.get("calculation", 1)
+        per_job = max(1, min(components, len(PLAN.batches)))
+        try:
+            check_request(partition, cpus=per_job, mem_mb=per_job * MEM_MB)
+        except ValueError as err:
+            raise SystemExit(f"poscarflow: {err}") from None
+
+
+def final_outputs(wildcards):
+    """What `rule all` asks for (a function: it runs when the DAG is built)."""
+    check_slurm_request()
     return [
         str(LAYOUT.table),
         str(LAYOUT.relaxed),

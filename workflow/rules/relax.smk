@@ -14,7 +14,7 @@ rule relax:
     threads: 1
     resources:
         runtime=escalating(120, "timeout"),
-        mem_mb=escalating(2000, "oom"),
+        mem_mb=escalating(MEM_MB, "oom"),
     params:
         parameters=parameters("relax"),
         request=request("relax"),

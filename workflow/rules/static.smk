@@ -14,7 +14,7 @@ rule static:
     threads: 1
     resources:
         runtime=escalating(60, "timeout"),
-        mem_mb=escalating(2000, "oom"),
+        mem_mb=escalating(MEM_MB, "oom"),
     params:
         parameters=parameters("static"),
         request=request("static"),
