@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import os
 import re
 from pathlib import Path
 
@@ -339,6 +340,13 @@ def test_dangling_symlink_is_a_problem(tmp_path: Path) -> None:
     assert hashes[bad.id] == content(bad)
     assert hashes[bad.id][1] == []
     assert hashes[bad.id][0] != hashes["ok"][0]
+
+
+def test_special_file_is_a_problem_not_a_hang(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.extxyz")  # reading it would block the DAG build
+    (bad,) = discover(tmp_path)
+    assert bad.problem == f"{tmp_path / 'pipe.extxyz'}: not a regular file"
+    assert cached_contents([bad], tmp_path / "cache.json")[bad.id] == content(bad)
 
 
 @pytest.mark.parametrize("names", [("Cu.vasp", "Cu.cif"), ("Cu.vasp", "cu.vasp")])

@@ -38,6 +38,7 @@ import json
 import lzma
 import os
 import re
+import stat
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -118,10 +119,14 @@ def _strip_compression(name: str) -> str:
 
 def _ase_reads(path: Path) -> bool:
     """Whether ASE can tell a readable format from the file's name alone."""
-    from ase.io.formats import UnknownFileTypeError, filetype, ioformats
+    from ase.io.formats import UnknownFileTypeError, extension2format, filetype, ioformats
 
+    ext = Path(_strip_compression(path.name)).suffix[1:].lower()
+    known = extension2format.get(ext) or ioformats.get(ext)
+    if known is not None and known.can_read:  # the common case, 20 times faster
+        return True
     try:
-        fmt = filetype(os.path.abspath(path), read=False)
+        fmt = filetype(os.path.abspath(path), read=False)  # names such as OUTCAR
     except UnknownFileTypeError:
         return False
     return fmt in ioformats and ioformats[fmt].can_read
@@ -145,12 +150,20 @@ def _classify(path: Path) -> tuple[str, str | None, str | None]:
     return stem, None, None
 
 
-def _file_problem(path: Path) -> str | None:
-    """Why an existing folder entry cannot be opened as a file, or None."""
-    if not path.exists():
+def _mode(path: Path) -> int | None:
+    """The st_mode of what a path points to, or None if nothing (a dangling link)."""
+    try:
+        return path.stat().st_mode
+    except OSError:
+        return None
+
+
+def _file_problem(path: Path, mode: int | None) -> str | None:
+    """Why a folder entry with this st_mode cannot be opened as a file, or None."""
+    if mode is None:
         target = os.readlink(path) if path.is_symlink() else "nothing"
         return f"dangling symbolic link to {_show(target)}"
-    if not path.is_file():
+    if not stat.S_ISREG(mode):
         return "not a regular file"
     return None
 
@@ -169,14 +182,15 @@ def _candidate(item: Path) -> _Candidate | None:
     """What one entry of the structure folder holds, or None to skip it."""
     if IGNORED.match(item.name) or IGNORED.match(_strip_compression(item.name)):
         return None
-    if item.is_dir():
+    mode = _mode(item)
+    if mode is not None and stat.S_ISDIR(mode):
         inner = next((item / n for n in FOLDER_FILES if os.path.lexists(item / n)), None)
         if inner is None:
             return None
-        problem = _file_problem(inner) or _id_problem(item.name)
+        problem = _file_problem(inner, _mode(inner)) or _id_problem(item.name)
         return _Candidate(item.name, item.name, inner, "vasp", problem)
     sid, fmt, problem = _classify(item)
-    problem = _file_problem(item) or problem or _id_problem(sid)
+    problem = _file_problem(item, mode) or problem or _id_problem(sid)
     return _Candidate(item.name, sid, item, fmt, problem)
 
 
@@ -255,7 +269,8 @@ def discover(folder: str | Path) -> list[StructureFile]:
         If the folder does not exist, is a file, or holds no structure file at all.
     """
     root = _check_folder(folder)
-    candidates = [c for item in sorted(root.iterdir()) if (c := _candidate(item))]
+    items = sorted(root.iterdir(), key=lambda p: p.name)
+    candidates = [c for item in items if (c := _candidate(item))]
     if not candidates:
         raise DiscoveryError(f"{root}: no structure files found (accepted: {ACCEPTED})")
     return _structure_files(_duplicates(candidates))
@@ -540,10 +555,10 @@ def _stamp(structure: StructureFile) -> str | None:
     if structure.problem:
         return None
     try:
-        stat = os.stat(structure.path)
+        info = os.stat(structure.path)
     except OSError:
         return None
-    return f"{structure.format}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"{structure.format}:{info.st_size}:{info.st_mtime_ns}"
 
 
 def cached_contents(
