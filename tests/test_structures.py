@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.build import bulk
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 from poscarflow.calculators import EMT_ELEMENTS
@@ -222,6 +223,19 @@ def test_dummy_species_is_refused(tmp_path: Path, name: str) -> None:
     (structure,) = discover(tmp_path)
     with pytest.raises(BadInput, match=r"dummy species X \(atom 3\) not supported"):
         read_structure(structure)
+
+
+def test_stored_results_are_dropped(tmp_path: Path) -> None:
+    """An extxyz with energy and magmoms as results would make quacc's VASP setup take
+    its magnetic moments from them; the input is the structure alone."""
+    atoms = bulk("Fe", cubic=True)
+    results = {"energy": -1.0, "forces": np.zeros((2, 3)), "magmoms": np.array([2.0, 2.0])}
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    write(tmp_path / "Fe.extxyz", atoms)
+    (structure,) = discover(tmp_path)
+    read = read_structure(structure)
+    assert read.calc is None
+    assert structure_hash(read) == structure_hash(bulk("Fe", cubic=True))
 
 
 def test_several_frames_are_refused(tmp_path: Path) -> None:

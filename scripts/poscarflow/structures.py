@@ -5,27 +5,30 @@ reading and checking happen inside jobs, where a bad file fails alone.
 
 Where a reader would guess, we decide:
 
-- One bad file never stops discovery. A dangling link, a name that is not a safe id, a
-  name whose format ASE cannot tell, a bare POSCAR, and every file of a duplicate id
-  (ids that differ only in case included, as they clash on macOS) come back as a
-  `StructureFile` with `problem` set and a safe made-up id (`<cleaned name>-<hash>`);
-  `read_structure` raises that problem as BadInput. No file of a duplicate id wins.
+- One bad file never stops discovery. A dangling link, a special file (FIFO, device), a
+  name that is not a safe id, a name from which ASE cannot tell a format (names decide;
+  contents are not sniffed at DAG-build time), a bare POSCAR, and every file of a
+  duplicate id (ids that differ only in case too, as they clash on macOS) come back as a
+  `StructureFile` with `problem` set and a safe made-up id, `<cleaned name>-<hash of the
+  name>`, that no other file has; `read_structure` raises that problem as BadInput. No
+  file of a duplicate id wins: which one was meant would be a guess.
 - Files are compressed or not (`.gz`, `.bz2`, `.xz`, as `ase.io` reads them); the id is
   the name without compression and format suffixes (`Cu.vasp.gz` → `Cu`).
 - POSCAR: the element names line must exist (without it ASE guesses the elements from
   the title line or a POTCAR) and name as many elements as the counts line has numbers.
   A folder with both POSCAR and CONTCAR uses its POSCAR.
 - CIF: a site with partial or mixed occupancy (ASE's `atoms.info["occupancy"]`) is
-  refused; ASE would keep only the majority element.
+  refused; ASE would keep one element per site.
 - Several structures in one file are refused; give one per file.
 - Dummy or vacancy species `X` (atomic number 0) are refused.
 - Initial magnetic moments and charges (extxyz `initial_magmoms`, `initial_charges`) are
-  kept as ASE reads them and enter the structure hash when present (explicit zeros too,
-  as calculators treat "given as 0" and "not given" differently).
+  kept as ASE reads them and enter the structure hash when present (explicit zeros too:
+  quacc's VASP setup adds its preset moments only when none are given).
 - Selective dynamics flags become ASE constraints (`FixAtoms` for `F F F`, `FixScaled`
   for mixed flags), which the relax honours; constraints enter the structure hash.
-- Energies, forces or other results stored in a file are ignored: the calculator
-  replaces them.
+- Results stored in a file (extxyz energy, forces, magmoms) are dropped: with them
+  attached, quacc's VASP setup treats the structure as a follow-up job and takes its
+  magnetic moments from those results instead of the input's.
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ def _ase_reads(path: Path) -> bool:
 
     ext = Path(_strip_compression(path.name)).suffix[1:].lower()
     known = extension2format.get(ext) or ioformats.get(ext)
-    if known is not None and known.can_read:  # the common case, 20 times faster
+    if known is not None and known.can_read:  # fast: filetype tries every format's names
         return True
     try:
         fmt = filetype(os.path.abspath(path), read=False)  # names such as OUTCAR
@@ -366,7 +369,8 @@ def read_structure(
     Returns
     -------
     Atoms
-        The structure, with magnetic moments, charges and constraints as ASE read them.
+        The structure, with magnetic moments, charges and constraints as ASE read them,
+        and no stored results (no calculator).
 
     Raises
     ------
@@ -387,6 +391,7 @@ def read_structure(
             raise BadInput(f"{path}: cannot be read: {err}") from err
         _check_poscar_layout(path, text)
     atoms = _read_one(path, structure.format)
+    atoms.calc = None  # stored results would steer quacc (see the module docstring)
     _check_atoms(path, atoms, min_distance, elements)
     return atoms
 
@@ -569,6 +574,18 @@ def cached_contents(
     Runs at DAG-build time: a second `snakemake -n` on 10,000 unchanged files only stats
     them. Touching a file rereads it and gives the same hash, so nothing reruns. Files
     with a problem (dangling links included) are never stat'ed nor cached.
+
+    Parameters
+    ----------
+    structures
+        The files, as `discover` returns them.
+    cache_file
+        JSON cache of path → [stamp, hash, elements]; rewritten atomically when it changes.
+
+    Returns
+    -------
+    dict[str, tuple[str, list[str]]]
+        Structure id → (hash, elements), for every structure, problem files included.
     """
     from poscarflow.files import read_json, write_json
 
@@ -591,6 +608,16 @@ def cached_contents(
 
 
 def file_hash(path: str | Path) -> str:
-    """Hash a file's raw bytes, compressed as stored (provenance, identity of unreadable
-    files)."""
+    """Hash a file's bytes as stored, compressed or not (provenance, unreadable files).
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    str
+        16 hexadecimal digits of its SHA-256.
+    """
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
