@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,10 @@ class Calculator:
     settings
         "module:function" returning the extra quacc settings of its jobs (VASP:
         custodian, the parallel command, the wall time), or None.
+    calc_class
+        "module:Class" of the ASE calculator its recipes build: `calc_kwargs` keys it does
+        not accept are an error before anything runs. None accepts any key (VASP's
+        INCAR tags are too many to list).
     """
 
     module: str
@@ -63,6 +68,7 @@ class Calculator:
     kwargs: tuple[tuple[str, Any], ...] = ()
     ase_optimizer: bool = True
     settings: str | None = None
+    calc_class: str | None = None
 
     def recipe(self, step: str) -> Callable:
         """The quacc job function for `relax` or `static`, with the fixed kwargs bound."""
@@ -75,6 +81,20 @@ class Calculator:
             return {}
         module, function = self.settings.split(":")
         return getattr(importlib.import_module(module), function)()
+
+    def unknown_kwargs(self, kwargs: dict[str, Any]) -> list[str]:
+        """The keys of `kwargs` its calculator does not accept (imports it only if any)."""
+        if not kwargs or self.calc_class is None:
+            return []
+        module, name = self.calc_class.split(":")
+        cls = getattr(importlib.import_module(module), name)
+        accepted = set(getattr(cls, "default_parameters", {}))
+        accepted |= {
+            p.name for p in inspect.signature(cls.__init__).parameters.values()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"
+        }  # fmt: skip
+        accepted -= set(dict(self.kwargs)) | {"atoms", "restart", "label", "directory"}
+        return sorted(set(kwargs) - accepted)
 
     def relax_kwargs(self, params: dict[str, Any], workdir: Path) -> dict[str, Any]:
         """The relax recipe's keyword arguments for the relax settings `params`."""
@@ -104,15 +124,39 @@ def _opt_params(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 
 CALCULATORS: dict[str, Calculator] = {
-    "emt": Calculator("quacc.recipes.emt.core", ("ase",), EMT_ELEMENTS, batch_size=50),
-    "lj": Calculator("quacc.recipes.lj.core", ("ase",), None, batch_size=200),
+    "emt": Calculator(
+        "quacc.recipes.emt.core",
+        ("ase",),
+        EMT_ELEMENTS,
+        50,
+        calc_class="ase.calculators.emt:EMT",
+    ),
+    "lj": Calculator(
+        "quacc.recipes.lj.core", ("ase",), None, 200, calc_class="ase.calculators.lj:LennardJones"
+    ),
     "tblite-gfn2": Calculator(
-        "quacc.recipes.tblite.core", ("tblite",), XTB_ELEMENTS, 10, (("method", "GFN2-xTB"),)
+        "quacc.recipes.tblite.core",
+        ("tblite",),
+        XTB_ELEMENTS,
+        10,
+        (("method", "GFN2-xTB"),),
+        calc_class="tblite.ase:TBLite",
     ),
     "tblite-gfn1": Calculator(
-        "quacc.recipes.tblite.core", ("tblite",), XTB_ELEMENTS, 10, (("method", "GFN1-xTB"),)
+        "quacc.recipes.tblite.core",
+        ("tblite",),
+        XTB_ELEMENTS,
+        10,
+        (("method", "GFN1-xTB"),),
+        calc_class="tblite.ase:TBLite",
     ),
-    "chgnet": Calculator("poscarflow.chgnet", ("chgnet", "torch"), CHGNET_ELEMENTS, 20),
+    "chgnet": Calculator(
+        "poscarflow.chgnet",
+        ("chgnet", "torch"),
+        CHGNET_ELEMENTS,
+        20,
+        calc_class="chgnet.model.dynamics:CHGNetCalculator",
+    ),
     "vasp": Calculator(
         "quacc.recipes.vasp.core",
         ("custodian",),

@@ -83,7 +83,7 @@ def load_atoms(step: Step, spec: CalcSpec, source: dict) -> Atoms:
     """The structure to compute: the input file for relax, the relaxed one for static."""
     if step == "relax":
         calc = get_calculator(spec["calculator"])
-        structure = StructureFile(spec["id"], spec["path"], spec["format"])
+        structure = StructureFile(spec["id"], spec["path"], spec["format"], spec.get("problem"))
         return read_structure(structure, spec["checks"]["min_distance"], calc.elements)
     relax = source["relax"]
     if relax.get("status") not in ("done", "unconverged"):

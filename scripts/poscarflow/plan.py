@@ -139,12 +139,31 @@ class Plan:
                     "path": structure.path,
                     "structure_hash": self.contents[sid][0],
                     "format": structure.format,
+                    **({"problem": structure.problem} if structure.problem else {}),
                     "checks": _normalise(self.config["checks"]),
                     "relax": _normalise(settings["relax"]),
                 },
                 "static": common | {"static": _normalise(settings["static"])},
             }
         return specs
+
+    def check(self) -> None:
+        """Plan everything now, so that a bad folder or config is one ValueError."""
+        _ = self.batches
+        calculator = get_calculator(self.config["calculator"])
+        checked: set[tuple[str, ...]] = set()
+        for sid, specs in self.specs.items():
+            for step in STEPS:
+                keys = tuple(sorted(specs[step][step]["calc_kwargs"]))
+                if keys in checked:
+                    continue
+                checked.add(keys)
+                if unknown := calculator.unknown_kwargs(dict.fromkeys(keys)):
+                    where = f"overrides.{sid}.{step}" if sid in self.config["overrides"] else step
+                    raise ValueError(
+                        f"config {where}.calc_kwargs: {', '.join(unknown)} not accepted by "
+                        f"the {self.config['calculator']} calculator"
+                    )
 
     def batch_params(self, step: str, batch: str) -> dict[str, Any]:
         """The parameters of one batch job: id → that calculation's spec."""

@@ -14,6 +14,10 @@ from poscarflow.vasp import check_potcars
 LAYOUT = Layout(Path("results"))
 RESULTS = str(LAYOUT.root)
 PLAN = Plan(config, layout=LAYOUT)
+try:  # an unusable structure folder or config: one line, before anything runs
+    PLAN.check()
+except ValueError as err:
+    raise SystemExit(f"poscarflow: {err}") from None
 POLICY = read_file(config["restart_policy"])
 if config["calculator"] == "vasp":  # every POTCAR, before anything is submitted
     for preset in PLAN.vasp_presets:
@@ -31,8 +35,11 @@ wildcard_constraints:
 
 def batch_structures(wildcards):
     """The structure files a relax batch reads. `ancient`: a touched file is no change;
-    a changed structure reaches the job as a new structure_hash in its parameters."""
-    return [ancient(PLAN.structures[sid].path) for sid in PLAN.batches[wildcards.batch]]
+    a changed structure reaches the job as a new structure_hash in its parameters. A file
+    discovery found unusable (a dangling link, an unsafe name) is not an input: its
+    relax fails alone with the reason."""
+    structures = [PLAN.structures[sid] for sid in PLAN.batches[wildcards.batch]]
+    return [ancient(s.path) for s in structures if s.problem is None]
 
 
 def parameters(step):
