@@ -118,12 +118,15 @@ def test_killed_relax_continues_from_its_last_step(tmp_path, monkeypatch) -> Non
     log = Path("logs/relax.log").read_text()
     assert f"continuing from optimizer step {k}" in log
     with Trajectory(str(calcs / "relax" / "opt.traj")) as new:
-        first = new[0]
-    # The new attempt starts exactly where the killed one stopped: 0 steps repeated.
-    assert first.positions == pytest.approx(done[-1].positions, abs=1e-8)
-    assert first.cell.array == pytest.approx(done[-1].cell.array, abs=1e-8)
+        path = [new[i] for i in range(len(new))]
+    # The whole path is kept, and the new attempt starts exactly where the killed one
+    # stopped: 0 steps repeated.
+    for old, kept in zip(done, path[: k + 1], strict=True):
+        assert kept.positions == pytest.approx(old.positions, abs=1e-8)
+        assert kept.cell.array == pytest.approx(old.cell.array, abs=1e-8)
     summary = json.loads((calcs / "relax" / "summary.json").read_text())
     assert summary["status"] == "done"
+    assert len(path) == summary["opt_steps"] + 1
     records = read_history(calcs / "history.jsonl", "relax")
     assert [r["event"] for r in records] == ["start", "end", "start", "end"]
     assert records[1]["failure"] == "interrupted"
@@ -212,3 +215,33 @@ def test_every_optimizer_continues_from_its_restart_file(name: str, tmp_path: Pa
     for _ in range(2):  # the second starts from the first's restart file
         optimizer(atoms, restart=str(restart), logfile=None).run(fmax=1e-3, steps=2)
     assert restart.stat().st_size > 0
+
+
+def test_relax_continued_twice_keeps_its_whole_path_and_the_input_volume(
+    tmp_path, monkeypatch
+) -> None:
+    """Regression: a continued relax kept only its last attempt's frames, its
+    `volume_initial` was that attempt's start, and its reason counted its steps only."""
+    from ase.io import read
+
+    from poscarflow.compute import read_result
+    from poscarflow.resume import read_frames
+
+    monkeypatch.chdir(tmp_path)
+    summary = _relax_once(tmp_path, {"class:unconverged": 2}, max_steps=3)
+    assert (summary["status"], summary["attempts"]) == ("unconverged", 3)
+    assert summary["opt_steps"] == 9
+    assert "did not converge in 9 steps" in summary["reason"]
+    calc = Path("results/calcs/Cu8/relax")
+    frames = read_frames(calc / "opt.traj")
+    assert len(frames) == 10  # the input and 9 steps, every attempt's, in order
+    start = read("structures/Cu8.vasp")
+    assert frames[0].positions == pytest.approx(start.positions, abs=1e-8)
+    assert summary["volume_initial"] == pytest.approx(start.get_volume(), rel=1e-10)
+    assert frames[-1].positions == pytest.approx(read(calc / "final.extxyz").positions)
+    result = read_result(calc / "result.json.gz")  # Atoms read back with positions
+    assert len(result["trajectory"]) == 10
+    assert result["atoms"].positions == pytest.approx(frames[-1].positions, abs=1e-8)
+    assert result["trajectory"][0].positions == pytest.approx(start.positions, abs=1e-8)
+    starts = [r for r in read_history(calc.parent / "history.jsonl") if r["event"] == "start"]
+    assert [r["continued_from"] for r in starts] == [0, 3, 6]

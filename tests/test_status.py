@@ -35,6 +35,7 @@ def test_status_reset_and_a_second_run_refused(workflow: Workflow) -> None:
     done_before = (workflow.root / "results/calcs/Cu_fcc/relax/summary.json").read_text()
     assert "reset Fe_bcc relax" in workflow.cli("reset", "--failed-only", "--dry-run")
     assert (workflow.root / "results/calcs/Fe_bcc/relax").exists()
+    assert (workflow.root / "results/summary.csv").exists()
     workflow.cli("reset", "--failed-only")
     assert not (workflow.root / "results/calcs/Fe_bcc/relax").exists()
     assert (workflow.root / "results/calcs/Cu_fcc/relax/summary.json").read_text() == done_before
@@ -44,3 +45,14 @@ def test_status_reset_and_a_second_run_refused(workflow: Workflow) -> None:
         r["event"] for r in read_history(workflow.root / "results/calcs/Fe_bcc" / "history.jsonl")
     ]
     assert events[-2:] == ["reset", "reset"]
+    # Regression: with results/summary.csv present, the next plain run did nothing but
+    # `check`; now the reset batches rerun, the failure is retried, the rest reused.
+    assert (workflow.root / "results/summary.csv").exists() is False
+    again = workflow.run(check=False)
+    assert "relax Fe_bcc: computing" in workflow.log("relax")
+    assert "relax Cu_fcc: reused" in workflow.log("relax")
+    events = [
+        r["event"] for r in read_history(workflow.root / "results/calcs/Fe_bcc" / "history.jsonl")
+    ]
+    assert events[-2:] == ["start", "end"]
+    assert "1 of 3 structures failed" in again.output

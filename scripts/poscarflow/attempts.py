@@ -2,9 +2,11 @@
 
 A failure that the restart policy covers, with budget left, is restarted at once (an
 unconverged relax continues from where it stopped); any other failure is final after one
-attempt: no blind retries of a bug. An attempt that a kill ended (a killed Snakemake,
-pool process or SLURM job) is closed in the history with its cause when the next attempt
-starts, and continued from its last optimizer step.
+attempt: no blind retries of a bug. A failure of the machine (a full disk, a lost file
+system) is not the calculation's: it is not published, and the next plain run retries
+it, within the policy's `class:infrastructure` budget. An attempt that a kill ended (a
+killed Snakemake, pool process or SLURM job) is closed in the history with its cause
+when the next attempt starts, and continued from its last optimizer step.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import logging
 import shutil
 from typing import TYPE_CHECKING
 
-from poscarflow.compute import compute, read_final
-from poscarflow.files import publish_dir, remove_leftovers, write_json
+from poscarflow.compute import compute
+from poscarflow.files import publish_dir, remove_leftovers, unreadable, write_json
 from poscarflow.history import (
     append_history,
     attempts_ended,
@@ -22,10 +24,17 @@ from poscarflow.history import (
     interrupted,
     read_history,
 )
-from poscarflow.layout import ATTEMPT_MARKER, OPT_STATE, SUMMARY
+from poscarflow.layout import ATTEMPT_MARKER, OPT_STATE, PATH, SUMMARY, TRAJECTORY
 from poscarflow.policy import matching_rule
 from poscarflow.records import end_record, failed_summary, start_record
-from poscarflow.resume import WallTimeReached, last_step, optimizer_state
+from poscarflow.resume import (
+    Continuation,
+    WallTimeReached,
+    last_step,
+    optimizer_state,
+    read_frames,
+    write_frames,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -36,38 +45,41 @@ if TYPE_CHECKING:
 logger = logging.getLogger("poscarflow")
 
 
+class Deferred(RuntimeError):
+    """The machine failed this calculation (not its fault): the next run retries it."""
+
+
 def run_attempts(
     layout: Layout, step: Step, spec: CalcSpec, source: dict, *, identity: dict,
     policy: dict[str, int],
 ) -> Summary:  # fmt: skip
     """Compute one calculation until it succeeds or the policy stops it; publish it.
 
-    `identity` holds its reuse key and code fingerprint, stored in the summary.
+    `identity` holds its reuse key and code fingerprint, stored in the summary. Raises
+    Deferred for a failure of the machine that the next run may retry.
     """
     sid, key = spec["id"], identity["key"]
     history_file = layout.history(sid)
-    start_atoms, done_steps, state = None, 0, None
-    if step == "relax" and (resumed := last_step(layout, sid, key)):
-        start_atoms, done_steps, state = resumed
-        logger.info("%s %s: continuing from optimizer step %d", step, sid, done_steps)
+    continued = last_step(layout, sid, key) if step == "relax" else None
+    if continued is not None:
+        logger.info("%s %s: continuing from optimizer step %d", step, sid, continued.done_steps)
     remove_leftovers(layout.calc_dir(sid, step))
     dead = interrupted(read_history(history_file, step))
     if dead is not None and not _close(layout, sid, dead, policy, key):
         return _give_up(layout, spec, step, dead, identity)
     while True:
-        tmp = _fresh_attempt_dir(layout, sid, step, key, done_steps=done_steps, state=state)
+        tmp = _fresh_attempt_dir(layout, sid, step, key, continued)
         attempt = 1 + attempts_ended(read_history(history_file, step))
-        append_history(history_file, start_record(step, attempt, key, done_steps))
+        done = continued.done_steps if continued else 0
+        append_history(history_file, start_record(step, attempt, key, done))
         try:
-            summary = compute(step, spec, source, tmp, start=start_atoms)
+            summary = compute(step, spec, source, tmp, continued=continued)
         except WallTimeReached as err:  # tmp stays for the next attempt, or give up
             ended = failed_summary(spec, step, "timeout", str(err))
             dead = end_record(step, attempt, key, ended, rule=None, restarted=False)
             if not _close(layout, sid, dead, policy, key):
                 return _give_up(layout, spec, step, dead, identity)
             raise
-        if "opt_steps" in summary:  # steps of earlier attempts this one continued
-            summary["opt_steps"] += done_steps
         failure = summary.get("failure")
         text = f"{summary.get('reason', '')}\n" + "\n".join(summary.get("traceback", []))
         rule = matching_rule(failure, text, policy) if failure else None
@@ -76,25 +88,32 @@ def run_attempts(
             history_file, end_record(step, attempt, key, summary, rule=rule, restarted=restart)
         )
         summary |= identity | {"attempts": attempt}
+        if failure == "infrastructure":
+            if restart:  # the attempt folder stays: the next run continues from it
+                raise Deferred(summary["reason"])
+            return _give_up(layout, spec, step, end_record(
+                step, attempt, key, summary, rule=rule, restarted=False), identity)  # fmt: skip
         if not restart:
             return publish(layout, summary, tmp)
         logger.info("%s %s: attempt %d %s, restarting (policy %r)", step, sid, attempt,
                     failure, rule)  # fmt: skip
         if failure == "unconverged":  # continue from the last geometry, not from the input
-            start_atoms, state = read_final(tmp / "final.extxyz"), optimizer_state(tmp)
-            done_steps = summary["opt_steps"]
+            continued = Continuation(read_frames(tmp / TRAJECTORY), optimizer_state(tmp))
 
 
 def _fresh_attempt_dir(
-    layout: Layout, sid: str, step: Step, key: str, *, done_steps: int, state: bytes | None
+    layout: Layout, sid: str, step: Step, key: str, continued: Continuation | None
 ) -> Path:
-    """This process's attempt folder, empty but for its marker and the optimizer state."""
+    """This process's attempt folder: its marker, and what it continues (the path so far
+    and the optimizer's state), so that a kill of this attempt loses none of it."""
     tmp = layout.attempt_dir(sid, step)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write_json(tmp / ATTEMPT_MARKER, {"key": key, "done_steps": done_steps})
-    if state is not None:  # the optimizer continues where it stopped
-        (tmp / OPT_STATE).write_bytes(state)
+    write_json(tmp / ATTEMPT_MARKER, {"key": key})
+    if continued is not None:
+        write_frames(tmp / PATH, continued.frames)
+        if continued.state is not None:  # the optimizer continues where it stopped
+            (tmp / OPT_STATE).write_bytes(continued.state)
     return tmp
 
 
@@ -115,19 +134,43 @@ def _close(layout: Layout, sid: str, dead: HistoryRecord, policy: dict[str, int]
 
 def _give_up(layout: Layout, spec: CalcSpec, step: Step, dead: HistoryRecord,
              identity: dict) -> Summary:  # fmt: skip
-    """Publish a failed summary for an attempt that may not be restarted."""
+    """Publish a failed summary, alone, for an attempt that may not be restarted."""
     summary = failed_summary(spec, step, dead["failure"], dead.get("reason") or "")
     summary |= identity | {"attempts": dead["attempt"]}
-    return publish(layout, summary, layout.attempt_dir(spec["id"], step))
+    tmp = layout.attempt_dir(spec["id"], step)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return publish(layout, summary, tmp)
 
 
 def publish(layout: Layout, summary: Summary, tmp: Path) -> Summary:
-    """Write the summary last and move the finished folder into place."""
+    """Write the summary last and move the finished folder into place.
+
+    A failed calculation's folder keeps what helps to understand it (quacc's failed-quacc
+    folder, VASP's inputs), minus any file that cannot be read back (cut by a full disk
+    or a kill); reasons name the published folder, not the attempt's temporary one.
+    """
+    final = layout.calc_dir(summary["id"], summary["step"])
     tmp.mkdir(parents=True, exist_ok=True)
-    for scratch in (ATTEMPT_MARKER, OPT_STATE):  # only an unfinished attempt needs them
+    for scratch in (ATTEMPT_MARKER, OPT_STATE, PATH):  # only an unfinished attempt needs them
         (tmp / scratch).unlink(missing_ok=True)
+    if summary["status"] == "failed":
+        for path in unreadable(tmp):
+            path.unlink()
+            summary.setdefault("warnings", []).append(f"removed unreadable {path.name}")
+        for name in ("reason", "traceback"):
+            if name in summary:
+                summary[name] = _renamed(summary[name], tmp, final)  # type: ignore[literal-required]
     write_json(tmp / SUMMARY, summary)
-    publish_dir(tmp, layout.calc_dir(summary["id"], summary["step"]))
+    publish_dir(tmp, final)
     logger.info("%s %s: %s %s", summary["step"], summary["id"], summary["status"],
                 summary.get("reason", ""))  # fmt: skip
     return summary
+
+
+def _renamed(text: str | list[str], tmp: Path, final: Path) -> str | list[str]:
+    """`text` with the attempt folder's path replaced by the published folder's."""
+    if isinstance(text, list):
+        return [_renamed(line, tmp, final) for line in text]  # type: ignore[misc]
+    for old, new in ((tmp.resolve(), final.resolve()), (tmp, final)):
+        text = text.replace(str(old), str(new))
+    return text

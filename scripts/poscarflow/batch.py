@@ -24,20 +24,24 @@ if TYPE_CHECKING:
 logger = logging.getLogger("poscarflow")
 
 
-def run_batch(request: Request, mapper: Callable[..., Iterable] = map) -> list[str]:
+LOST = "its pool process died twice"
+
+
+def run_batch(request: Request, mapper: Callable[..., Iterable] = map) -> dict[str, str]:
     """Run or reuse every calculation of a batch, then write the batch manifest.
 
     `mapper` maps `run_one` over the calculations: `map` in this process, or the pool's.
-    Returns the ids whose calculation could not run at all (a dead pool process twice):
-    the job fails, and the next run retries them.
+    Returns id → why, for the calculations that could not finish through no fault of
+    their own (the machine failed them, or their pool process died twice): then there is
+    no manifest, the job fails, and the next run retries them.
     """
     calcs = request["calcs"]
     tasks = [({**request, "calcs": {sid: spec}}, sid) for sid, spec in calcs.items()]
-    entries: dict[str, ManifestEntry | None] = dict(zip(calcs, mapper(run_one, tasks),
-                                                        strict=True))  # fmt: skip
-    lost = [sid for sid, entry in entries.items() if entry is None]
+    entries = dict(zip(calcs, mapper(run_one, tasks), strict=True))
+    lost = {sid: (e or {}).get("reason", LOST) for sid, e in entries.items()
+            if e is None or e["status"] == "deferred"}  # fmt: skip
     failed = sum(e is not None and e["status"] == "failed" for e in entries.values())
-    logger.info("%s batch %s done: %d calculations, %d failed, %d lost", request["step"],
+    logger.info("%s batch %s done: %d calculations, %d failed, %d to retry", request["step"],
                 request["batch"], len(entries), failed, len(lost))  # fmt: skip
     if not lost:
         write_json(request["manifest"], entries)
@@ -45,10 +49,20 @@ def run_batch(request: Request, mapper: Callable[..., Iterable] = map) -> list[s
 
 
 def run_one(task: tuple[Request, str]) -> ManifestEntry:
-    """One calculation of a batch (a picklable task): its manifest entry."""
+    """One calculation of a batch (a picklable task): its manifest entry, or a
+    `deferred` one with the reason when the machine failed it."""
+    from poscarflow.attempts import Deferred
+    from poscarflow.compute import machine_fault
+
     request, sid = task
-    log_to(request["log"])
-    summary = run_or_reuse(Layout(request["results"]), request, request["calcs"][sid])
+    try:
+        log_to(request["log"])
+        summary = run_or_reuse(Layout(request["results"]), request, request["calcs"][sid])
+    except Exception as err:
+        if not isinstance(err, Deferred) and not machine_fault(err):
+            raise
+        logger.warning("%s %s: deferred to the next run: %s", request["step"], sid, err)
+        return {"key": "", "status": "deferred", "reason": str(err)}
     return {"key": summary["key"], "status": summary["status"]}
 
 

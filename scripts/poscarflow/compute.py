@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import gzip
-import json
 import logging
 import time
 import traceback
@@ -17,9 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poscarflow.calculators import get_calculator
-from poscarflow.layout import FINAL, RESULT
+from poscarflow.files import atomic_path
+from poscarflow.layout import FINAL, PATH, RESULT, TRAJECTORY
 from poscarflow.records import Summary, new_summary, now
-from poscarflow.resume import WallTimeReached, deadline
+from poscarflow.resume import Continuation, WallTimeReached, deadline, write_frames
 from poscarflow.structures import BadInput, StructureFile, read_structure, structure_hash
 
 if TYPE_CHECKING:
@@ -36,9 +36,10 @@ INFRASTRUCTURE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, er
 
 
 def compute(
-    step: Step, spec: CalcSpec, source: dict, workdir: Path, *, start: Atoms | None = None
-) -> Summary:
-    """Run one quacc job in `workdir`, from `start` if given; return its summary.
+    step: Step, spec: CalcSpec, source: dict, workdir: Path, *,
+    continued: Continuation | None = None,
+) -> Summary:  # fmt: skip
+    """Run one quacc job in `workdir`, continuing `continued` if given; return its summary.
 
     Expected failures become a failed summary with their class (bad input, the
     machine's fault, any other error with its traceback); a clean stop before the job's
@@ -49,11 +50,13 @@ def compute(
     started = time.time()
     summary = new_summary(spec, step, source)
     try:
-        atoms = start if start is not None else load_atoms(step, spec, source)
+        atoms = continued.atoms if continued else load_atoms(step, spec, source)
         summary["input"]["structure_hash_read"] = structure_hash(atoms)
         result = _run_quacc(recipe, step, spec, atoms, workdir)
+        if continued is not None:  # the whole path, from the input on
+            result["trajectory"] = continued.frames + list(result["trajectory"][1:])
         summary |= _numbers(step, result)
-        _write_outputs(spec["id"], result, workdir)
+        _write_outputs(spec["id"], result, workdir, whole_path=continued is not None)
     except BadInput as err:
         summary |= {"status": "failed", "failure": "bad_input", "reason": str(err)}
     except WallTimeReached:
@@ -61,7 +64,7 @@ def compute(
     except Exception as err:  # any crash of this calculation: recorded, the batch goes on
         summary |= {
             "status": "failed",
-            "failure": "infrastructure" if _machine_fault(err) else "error",
+            "failure": "infrastructure" if machine_fault(err) else "error",
             "reason": f"{source['path']}: {type(err).__name__}: {err}",
             "traceback": traceback.format_exc().splitlines()[-20:],
         }
@@ -70,7 +73,7 @@ def compute(
     return summary
 
 
-def _machine_fault(err: BaseException) -> bool:
+def machine_fault(err: BaseException) -> bool:
     """Whether an exception (or one it was raised from) is a full disk or lost storage."""
     while err is not None:
         if isinstance(err, OSError) and err.errno in INFRASTRUCTURE_ERRNOS:
@@ -141,12 +144,11 @@ def _numbers(step: Step, result: dict) -> dict[str, Any]:
     }
     if step == "relax":
         converged = bool(result.get("converged", True))
+        path = result.get("trajectory") or [result["input_atoms"]["atoms"]]
         numbers |= {
             "converged": converged,
-            "opt_steps": len(result.get("trajectory", [])) - 1,
-            "volume_initial": (
-                float(result["input_atoms"]["atoms"].get_volume()) if atoms.pbc.all() else None
-            ),
+            "opt_steps": len(path) - 1,
+            "volume_initial": float(path[0].get_volume()) if atoms.pbc.all() else None,
             "status": "done" if converged else "unconverged",
         }
         if not converged:
@@ -158,15 +160,19 @@ def _numbers(step: Step, result: dict) -> dict[str, Any]:
     return numbers
 
 
-def _write_outputs(sid: str, result: dict, workdir: Path) -> None:
-    """Write the checkpoint files: full quacc result, the final structure as extxyz with
-    energy and forces, and as a POSCAR when it has a cell."""
+def _write_outputs(sid: str, result: dict, workdir: Path, *, whole_path: bool) -> None:
+    """Write the checkpoint files: the full quacc result (Atoms as ASE's JSON, so they
+    read back with positions: `read_result`), the final structure as extxyz with energy
+    and forces and as a POSCAR when it has a cell, and for a continued relax the whole
+    optimizer path as `opt.traj`."""
     import ase.io
     from ase.calculators.singlepoint import SinglePointCalculator
-    from monty.json import jsanitize
 
-    with gzip.open(workdir / RESULT, "wt") as handle:
-        json.dump(jsanitize(result, strict=False, enum_values=True), handle)
+    if whole_path:
+        write_frames(workdir / TRAJECTORY, result["trajectory"])
+        (workdir / PATH).unlink(missing_ok=True)
+    with atomic_path(workdir / RESULT) as tmp, gzip.open(tmp, "wt") as handle:
+        handle.write(encode_result(result))
     atoms = result["atoms"].copy()
     atoms.info = {"id": sid}
     if atoms.cell.rank == 3:
@@ -175,3 +181,27 @@ def _write_outputs(sid: str, result: dict, workdir: Path) -> None:
         atoms, **{k: v for k, v in result["results"].items() if k in ("energy", "forces", "stress")}
     )
     ase.io.write(workdir / FINAL, atoms, format="extxyz")
+
+
+def encode_result(result: dict) -> str:
+    """A quacc result as JSON: Atoms the ASE way (`ase.io.jsonio`), everything else the
+    monty way (quacc's own serialisation)."""
+    from ase.io.jsonio import MyEncoder
+    from monty.json import MontyEncoder
+
+    class Encoder(MyEncoder):
+        def default(self, obj: object) -> object:
+            try:
+                return super().default(obj)
+            except TypeError:
+                return MontyEncoder().default(obj)
+
+    return Encoder().encode(result)
+
+
+def read_result(path: Path) -> dict:
+    """Read a `result.json.gz` back, with its Atoms (positions, cell, results)."""
+    from ase.io.jsonio import decode
+
+    with gzip.open(path, "rt") as handle:
+        return decode(handle.read())

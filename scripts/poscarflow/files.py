@@ -57,3 +57,28 @@ def remove_leftovers(final: Path) -> None:
     """Delete temporary folders that a killed job left beside `final`."""
     for stale in final.parent.glob(f".{final.name}.*-*"):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def unreadable(folder: Path) -> list[Path]:
+    """Files under `folder` that cannot be read back whole: a trajectory, JSON or gzip
+    file cut by a full disk or a kill."""
+    import gzip
+
+    from ase.io.trajectory import Trajectory
+
+    bad = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            if path.suffix == ".traj":
+                with Trajectory(str(path)) as traj:
+                    for atoms in traj:
+                        atoms.get_positions()
+            elif path.name.endswith(".gz"):
+                with gzip.open(path) as handle:
+                    while handle.read(1 << 20):
+                        pass
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+        except Exception:  # any reader's error means the file is not usable
+            bad.append(path)
+    return bad

@@ -53,9 +53,11 @@ def run(request_file: str, log_file: str, code: str) -> None:
         except PoolError as err:
             raise JobError(str(err)) from err
     if lost:
+        why = "; ".join(f"{sid}: {reason}" for sid, reason in sorted(lost.items())[:5])
+        more = f" (and {len(lost) - 5} more)" if len(lost) > 5 else ""
         raise JobError(
-            f"{request['step']} of {', '.join(lost)}: the pool process computing it died "
-            f"twice; the next run retries it (see {log_file})"
+            f"{request['step']} of {len(lost)} structure(s) could not finish through no fault "
+            f"of their own, {why}{more}; the next run retries them (see {log_file})"
         )
 
 

@@ -22,6 +22,7 @@ SUMMARY = "summary.json"
 FINAL = "final.extxyz"
 RESULT = "result.json.gz"
 TRAJECTORY = "opt.traj"
+PATH = "path.traj"  # in an attempt folder: the optimizer path of the attempts it continues
 ATTEMPT_MARKER = "attempt.json"
 OPT_STATE = "optimizer-state.json"  # the ASE optimizer's restart file, in an attempt folder
 HISTORY = "history.jsonl"
@@ -108,3 +109,8 @@ class Layout:
     def complete(self) -> Path:
         """Written when every structure finished without failure."""
         return self.root / ".complete"
+
+    def run_outputs(self) -> list[Path]:
+        """Everything made from all calculations together (stale after a reset)."""
+        plots = [self.plot(name) for name in PLOTS]
+        return [self.table, self.table_json, self.relaxed, self.database, *plots, self.complete]

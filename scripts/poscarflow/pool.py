@@ -64,8 +64,9 @@ class PoolError(RuntimeError):
 
 
 # The client side: a job hands its request to the pool.
-def submit(request: Request, address: tuple[str, bytes]) -> list[str]:
-    """Have the pool run a batch request; return the ids it lost (see batch.run_batch)."""
+def submit(request: Request, address: tuple[str, bytes]) -> dict[str, str]:
+    """Have the pool run a batch request; return what it could not finish (see
+    batch.run_batch)."""
     name, key = address
     try:
         conn = Client("\0" + name, "AF_UNIX", authkey=key)
@@ -271,7 +272,7 @@ def _handle(conn: Any, pool: SupervisedPool) -> None:
         except Exception as err:  # reported to the waiting job; the pool goes on
             log.exception("request failed")
             with contextlib.suppress(OSError):
-                conn.send({"lost": [], "error": f"{type(err).__name__}: {err}"})
+                conn.send({"lost": {}, "error": f"{type(err).__name__}: {err}"})
 
 
 def _exit_with(parent: int, pool: SupervisedPool) -> None:

@@ -50,10 +50,12 @@ class Request(TypedDict):
 
 
 class ManifestEntry(TypedDict):
-    """One calculation's line in a batch manifest."""
+    """One calculation's line in a batch manifest (`deferred` never reaches the file: the
+    machine failed it, and the next run retries it)."""
 
     key: str
-    status: Status
+    status: Status | Literal["deferred"]
+    reason: NotRequired[str]
 
 
 class Summary(TypedDict, total=False):

@@ -23,8 +23,9 @@ def reset(
     """Clear failed calculations (and their restart budgets) so the next run retries them.
 
     Only failed (or unconverged) calculations are removed, with the batch manifests that
-    list them so that Snakemake reruns those batches; their finished calculations are
-    reused, not touched.
+    list them so that Snakemake reruns those batches (their finished calculations are
+    reused, not touched), and the run-wide outputs made from them (table, database,
+    plots), which Snakemake would otherwise keep as up to date and never rebuild.
     """
     actions = []
     layout = Layout(Path(results))
@@ -37,6 +38,9 @@ def reset(
             actions.append(f"reset {sid} {step}: {summaries[step].get('reason', '')}")
             if not dry_run:
                 _clear(plan, layout, sid, step)
+    if actions and not dry_run:
+        for path in layout.run_outputs():
+            path.unlink(missing_ok=True)
     return actions or ["nothing to reset"]
 
 

@@ -1,25 +1,27 @@
 """Continue, don't start over: what an interrupted attempt left behind.
 
 An attempt computes in `results/calcs/<id>/.<step>.tmp-<pid>/` and writes `attempt.json`
-there first. If it is killed (out of time or memory, preempted, node lost, Ctrl-C), the
-folder stays: the next attempt finds the last completed optimizer step in quacc's
-`opt.traj` and continues from that geometry with the optimizer's state (the restart file
-ASE optimizers write at every step, e.g. BFGS's Hessian), so it takes the path the killed
-one would have taken; and it closes the dead attempt in the task history with the reason
-SLURM gives for it.
+there first, and, when it continues an earlier attempt, that attempt's whole optimizer
+path (`path.traj`). If it is killed (out of time or memory, preempted, node lost,
+Ctrl-C), the folder stays: the next attempt finds the last completed optimizer step in
+quacc's `opt.traj` and continues from that geometry with the optimizer's state (the
+restart file ASE optimizers write at every step, e.g. BFGS's Hessian), so it takes the
+path the killed one would have taken; the published `opt.traj` holds every attempt's
+frames in order, from the input on.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from poscarflow import settings, slurm
 from poscarflow.files import atomic_path, read_json
-from poscarflow.layout import ATTEMPT_MARKER, OPT_STATE
+from poscarflow.layout import ATTEMPT_MARKER, OPT_STATE, PATH, TRAJECTORY
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -27,27 +29,64 @@ if TYPE_CHECKING:
     from poscarflow.layout import Layout
 
 
-def last_step(layout: Layout, sid: str, key: str) -> tuple[Atoms, int, bytes | None] | None:
-    """Geometry, total step count and optimizer state of the furthest interrupted relax
-    with this key."""
+@dataclass
+class Continuation:
+    """Where a relax goes on from: its path so far and its optimizer's state."""
+
+    frames: list[Atoms]  # every optimizer step so far, the input first
+    state: bytes | None  # the optimizer's restart file, if one survived
+
+    @property
+    def atoms(self) -> Atoms:
+        """The geometry the next attempt starts from."""
+        return self.frames[-1].copy()
+
+    @property
+    def done_steps(self) -> int:
+        """Optimizer steps already taken."""
+        return len(self.frames) - 1
+
+
+def read_frames(path: Path) -> list[Atoms]:
+    """The frames of a trajectory, as many as can be read (a kill may cut the last)."""
     from ase.io.trajectory import Trajectory
 
-    best: tuple[Atoms, int, bytes | None] | None = None
+    frames: list[Atoms] = []
+    try:
+        with Trajectory(str(path)) as traj:
+            for i in range(len(traj)):
+                frames.append(traj[i])
+    except Exception:  # missing, or cut by a kill or a full disk: keep what was read
+        pass
+    return frames
+
+
+def write_frames(path: Path, frames: list[Atoms]) -> None:
+    """Write a trajectory atomically (energies and forces kept)."""
+    from ase.io.trajectory import Trajectory
+
+    with atomic_path(path) as tmp, Trajectory(str(tmp), "w") as traj:
+        for atoms in frames:
+            traj.write(atoms)
+
+
+def attempt_path(folder: Path) -> list[Atoms]:
+    """The whole path an attempt folder holds: earlier attempts' frames, then its own
+    (quacc's `opt.traj`, in its run folder while the relax runs)."""
+    earlier = read_frames(folder / PATH)
+    own = max((read_frames(p) for p in folder.rglob(TRAJECTORY)), key=len, default=[])
+    return earlier + own[1:] if earlier else own
+
+
+def last_step(layout: Layout, sid: str, key: str) -> Continuation | None:
+    """The furthest interrupted relax with this key, or None."""
+    best: Continuation | None = None
     for folder in layout.attempt_dirs(sid, "relax"):
-        marker = folder / ATTEMPT_MARKER
-        info = read_json(marker) or {}
-        if info.get("key") != key:
+        if (read_json(folder / ATTEMPT_MARKER) or {}).get("key") != key:
             continue
-        for path in marker.parent.rglob("opt.traj"):
-            frames = []
-            try:
-                with Trajectory(str(path)) as traj:
-                    frames = [traj[i] for i in range(len(traj))]
-            except Exception:  # a frame cut by the kill: keep those read before it
-                pass
-            steps = info.get("done_steps", 0) + len(frames) - 1
-            if frames and (best is None or steps > best[1]):
-                best = (frames[-1], steps, optimizer_state(marker.parent))
+        frames = attempt_path(folder)
+        if frames and (best is None or len(frames) > len(best.frames)):
+            best = Continuation(frames, optimizer_state(folder))
     return best
 
 
