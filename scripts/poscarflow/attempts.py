@@ -90,7 +90,7 @@ def run_attempts(
         summary |= identity | {"attempts": attempt}
         if failure == "infrastructure":
             if restart:  # the attempt folder stays: the next run continues from it
-                raise Deferred(summary["reason"])
+                raise Deferred(summary.get("cause", summary["reason"]))
             return _give_up(layout, spec, step, end_record(
                 step, attempt, key, summary, rule=rule, restarted=False), identity)  # fmt: skip
         if not restart:

@@ -9,6 +9,7 @@ recomputes only the calculations whose key changed (quacc's content hash, per st
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from poscarflow import log_to
@@ -61,8 +62,10 @@ def run_one(task: tuple[Request, str]) -> ManifestEntry:
     except Exception as err:
         if not isinstance(err, Deferred) and not machine_fault(err):
             raise
+        fault = machine_fault(err)
+        reason = os.strerror(fault.errno) if fault and fault.errno else str(err)
         logger.warning("%s %s: deferred to the next run: %s", request["step"], sid, err)
-        return {"key": "", "status": "deferred", "reason": str(err)}
+        return {"key": "", "status": "deferred", "reason": reason}
     return {"key": summary["key"], "status": summary["status"]}
 
 

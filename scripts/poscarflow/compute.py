@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import gzip
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -62,24 +63,35 @@ def compute(
     except WallTimeReached:
         raise
     except Exception as err:  # any crash of this calculation: recorded, the batch goes on
+        fault = machine_fault(err)
         summary |= {
             "status": "failed",
-            "failure": "infrastructure" if machine_fault(err) else "error",
-            "reason": f"{source['path']}: {type(err).__name__}: {err}",
+            "failure": "infrastructure" if fault else "error",
+            "reason": f"{source['path']}: {_describe(fault or err)}",
             "traceback": traceback.format_exc().splitlines()[-20:],
         }
+        if fault is not None:
+            summary["cause"] = os.strerror(fault.errno)
     summary["end"] = now()
     summary["wall_time"] = round(time.time() - started, 3)
     return summary
 
 
-def machine_fault(err: BaseException) -> bool:
-    """Whether an exception (or one it was raised from) is a full disk or lost storage."""
+def machine_fault(err: BaseException | None) -> OSError | None:
+    """The full disk or lost storage behind an exception (or one it was raised from)."""
     while err is not None:
         if isinstance(err, OSError) and err.errno in INFRASTRUCTURE_ERRNOS:
-            return True
-        err = err.__cause__ or err.__context__  # type: ignore[assignment]
-    return False
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _describe(err: BaseException) -> str:
+    """An exception in one line: the machine's fault said plainly, else type and text."""
+    if isinstance(err, OSError) and err.errno in INFRASTRUCTURE_ERRNOS:
+        where = f" ({err.filename})" if err.filename else ""
+        return f"{os.strerror(err.errno)}{where}"
+    return f"{type(err).__name__}: {err}"
 
 
 def load_atoms(step: Step, spec: CalcSpec, source: dict) -> Atoms:

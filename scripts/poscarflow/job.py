@@ -53,12 +53,20 @@ def run(request_file: str, log_file: str, code: str) -> None:
         except PoolError as err:
             raise JobError(str(err)) from err
     if lost:
-        why = "; ".join(f"{sid}: {reason}" for sid, reason in sorted(lost.items())[:5])
-        more = f" (and {len(lost) - 5} more)" if len(lost) > 5 else ""
-        raise JobError(
-            f"{request['step']} of {len(lost)} structure(s) could not finish through no fault "
-            f"of their own, {why}{more}; the next run retries them (see {log_file})"
-        )
+        raise JobError(f"{request['step']}: {_grouped(lost)}; the next run retries them "
+                       f"(see {log_file})")  # fmt: skip
+
+
+def _grouped(lost: dict[str, str]) -> str:
+    """Ids grouped by reason: "No space left on device: a, b, c (and 3 more)"."""
+    by_reason: dict[str, list[str]] = {}
+    for sid, reason in sorted(lost.items()):
+        by_reason.setdefault(reason, []).append(sid)
+    parts = []
+    for reason, ids in by_reason.items():
+        more = f" (and {len(ids) - 3} more)" if len(ids) > 3 else ""
+        parts.append(f"{reason}: {', '.join(ids[:3])}{more}")
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -77,6 +77,7 @@ class Summary(TypedDict, total=False):
     status: Status
     failure: Failure | None
     reason: str
+    cause: str  # a failure of the machine: what the system said (strerror)
     warnings: list[str]
     traceback: list[str]
     formula: str
