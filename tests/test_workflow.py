@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -209,3 +210,58 @@ def test_killed_run_resumes_without_recomputing(workflow: Workflow) -> None:
         assert (calcs / sid / "relax" / "summary.json").read_text() == text
     assert not list(calcs.glob("*/.*"))  # no temporary folders left behind
     assert all(r["status"] == "done" for r in _rows(workflow).values())
+
+
+def test_wrong_and_unusable_inputs_fail_alone_while_the_others_finish(workflow: Workflow) -> None:
+    """Regression: `Cu Au` with one count was computed as pure Cu, a half-occupied CIF
+    site as pure Au, and a dangling link or an unsafe file name stopped the whole run."""
+    from tests.test_structures import CIF
+
+    workflow.add_examples("Cu_fcc", "Ni_fcc")
+    cu = (workflow.structures / "Cu_fcc.vasp").read_text().splitlines()
+    cu[5] = "Cu Au"  # two elements, one count
+    (workflow.structures / "CuAu_onecount.vasp").write_text("\n".join(cu) + "\n")
+    sites = "Cu1 Cu 0 0 0 0.5\nAu1 Au 0 0 0 0.5\nCu2 Cu 0.5 0.5 0 1.0"
+    (workflow.structures / "disordered.cif").write_text(CIF.format(sites=sites))
+    (workflow.structures / "gone.vasp").symlink_to(workflow.structures / "nowhere.vasp")
+    for name in ("my Cu.vasp", "-dash.vasp", "a;touch HACKED.vasp"):
+        shutil.copy2(workflow.structures / "Cu_fcc.vasp", workflow.structures / name)
+    proc = workflow.run(check=False)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.output
+    assert not list(workflow.root.rglob("HACKED*"))  # no name reached a shell
+    rows = _rows(workflow)
+    assert rows["Cu_fcc"]["status"] == rows["Ni_fcc"]["status"] == "done"
+    failed = {sid: r["reason"] for sid, r in rows.items() if r["status"] == "failed"}
+    assert len(failed) == 6, failed
+    assert "counts line has 1" in failed["CuAu_onecount"]
+    assert "partial occupancy" in failed["disordered"]
+    reasons = " | ".join(failed.values())
+    assert "gone.vasp" in reasons
+    for name in ("my Cu.vasp", "-dash.vasp", "a;touch HACKED.vasp"):
+        assert name in reasons
+    assert "6 of 8 structures failed" in proc.output
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"structures": "empty"}, "empty: no structure files found"),
+        ({"structures": "config/config.yaml"}, "config/config.yaml: is a file, not a folder"),
+        ({"relax": {"calc_kwargs": {"bogus": 1}}},
+         "config relax.calc_kwargs: bogus not accepted by the emt calculator"),
+        ({"overrides": {"nope": {"relax": {"fmax": 0.1}}}}, "config overrides name unknown structure ids: nope"),
+    ],
+)  # fmt: skip
+def test_unusable_folder_or_config_stops_before_anything_runs(
+    workflow: Workflow, change: dict, message: str
+) -> None:
+    workflow.add_examples("Cu_fcc")
+    (workflow.root / "empty").mkdir()
+    workflow.config |= change
+    workflow.write_config()
+    proc = workflow.run("-n", check=False)
+    assert proc.returncode != 0
+    assert f"poscarflow: {message}" in proc.output
+    assert "Traceback" not in proc.output
+    assert not (workflow.root / "results").exists()
