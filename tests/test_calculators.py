@@ -1,4 +1,4 @@
-"""tblite and CHGNet through the workflow's own job code, against direct calls."""
+"""tblite, CHGNet and SevenNet through the workflow's own job code, against direct calls."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from poscarflow.plan import Plan
 from tests.conftest import example_config, run_step
 
 
-def _run(tmp_path: Path, calculator: str, structures: dict) -> dict[str, dict]:
+def _run(
+    tmp_path: Path, calculator: str, structures: dict, calc_kwargs: dict | None = None
+) -> dict[str, dict]:
     """Relax + static of `structures` with one calculator, in-process; the summaries."""
     import json
 
@@ -23,8 +25,11 @@ def _run(tmp_path: Path, calculator: str, structures: dict) -> dict[str, dict]:
     folder.mkdir()
     for name, atoms in structures.items():
         write(folder / f"{name}.extxyz", atoms)
-    relax = example_config()["relax"] | {"fmax": 0.05, "max_steps": 50}
-    config = example_config(structures=str(folder), calculator=calculator, relax=relax)
+    kwargs = {"calc_kwargs": calc_kwargs or {}}
+    relax = example_config()["relax"] | {"fmax": 0.05, "max_steps": 50} | kwargs
+    config = example_config(
+        structures=str(folder), calculator=calculator, relax=relax, static=kwargs
+    )
     plan = Plan(config, tmp_path / ".hashes.json")
     for step in ("relax", "static"):
         run_step(plan, step)
@@ -83,3 +88,70 @@ def test_chgnet_relax_and_static_offline(tmp_path: Path, monkeypatch) -> None:
         out = subprocess.run(["unshare", "--net", sys.executable, "-c", CHGNET_DIRECT, poscar],
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
         assert summary["energy"] == pytest.approx(float(out.split()[-1]), abs=1e-5)
+
+
+SEVENNET_DIRECT = """
+import sys, warnings
+from ase.io import read
+from sevenn.calculator import SevenNetCalculator
+warnings.simplefilter("ignore")
+calc = SevenNetCalculator("7net-0", device="cpu")
+for path in sys.argv[1:]:
+    atoms = read(path)
+    atoms.calc = calc
+    print(float(atoms.get_potential_energy()))
+"""
+
+
+@pytest.mark.slow
+def test_sevennet_relax_and_static_offline(tmp_path: Path, monkeypatch) -> None:
+    """SevenNet-0 from the weights inside the sevenn wheel: never a download, and the
+    workflow's energies equal a direct SevenNetCalculator call with no network at all."""
+    pytest.importorskip("sevenn")
+    import sevenn.util
+
+    def no_download(path: str, url: str) -> str:
+        raise AssertionError(f"sevenn tried to download {url}")
+
+    monkeypatch.setattr(sevenn.util, "download_checkpoint", no_download)
+    monkeypatch.chdir(tmp_path)
+    fe = bulk("Fe", "bcc", a=2.87, cubic=True)
+    fe.rattle(0.02, seed=1)
+    cells = {"NaCl": bulk("NaCl", "rocksalt", a=5.7), "Si": bulk("Si", a=5.5), "Fe": fe}
+    statics = _run(tmp_path, "sevennet", cells, {"device": "cpu"})
+    for summary in statics.values():
+        assert summary["status"] == "done", summary
+        assert summary["device"] == "cpu"
+    if not shutil.which("unshare"):
+        pytest.skip("unshare (util-linux) is needed to check SevenNet with no network")
+    finals = [str(tmp_path / f"results/calcs/{name}/relax/final.extxyz") for name in statics]
+    out = subprocess.run(["unshare", "--net", sys.executable, "-c", SEVENNET_DIRECT, *finals],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    direct = [float(line) for line in out.split()[-len(finals) :]]
+    for summary, energy in zip(statics.values(), direct, strict=True):
+        assert summary["energy"] == pytest.approx(energy, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["chgnet", "sevennet"])
+def test_device_is_a_known_setting_of_the_potentials(name: str) -> None:
+    from poscarflow.calculators import get_calculator
+
+    pytest.importorskip({"chgnet": "chgnet", "sevennet": "sevenn"}[name])
+    calc = get_calculator(name)
+    assert calc.unknown_kwargs({"device": "cuda"}) == []
+    assert calc.unknown_kwargs({"device": "cpu", "devise": "cpu"}) == ["devise"]
+
+
+def test_device_auto_picks_the_gpu_only_when_torch_sees_one(monkeypatch) -> None:
+    torch = pytest.importorskip("torch")
+    from poscarflow.devices import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device() == resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match=r"device: cuda was asked for, but torch .* no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="'gpu' is not one of auto, cpu, cuda"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == resolve_device("CUDA") == "cuda"
+    assert resolve_device("cpu") == "cpu"

@@ -29,6 +29,8 @@ EMT_ELEMENTS = frozenset({"Ag", "Al", "Au", "C", "Cu", "H", "N", "Ni", "O", "Pd"
 # GFN1/GFN2-xTB are parametrised for H to Rn; CHGNet was trained on H to Pu.
 XTB_ELEMENTS = frozenset(chemical_symbols[1:87])
 CHGNET_ELEMENTS = frozenset(chemical_symbols[1:95])
+# SevenNet-0's type map: H to Pu without Po, At, Rn, Fr, Ra (no MPtrj data for them).
+SEVENNET_ELEMENTS = frozenset(chemical_symbols[1:84] + chemical_symbols[89:95])
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class Calculator:
         "module:Class" of the ASE calculator its recipes build: `calc_kwargs` keys it does
         not accept are an error before anything runs. None accepts any key (VASP's
         INCAR tags are too many to list).
+    own_kwargs
+        `calc_kwargs` keys that our recipe takes itself, beyond `calc_class`'s (`device`
+        of the machine-learned potentials: poscarflow.devices).
     """
 
     module: str
@@ -69,6 +74,7 @@ class Calculator:
     ase_optimizer: bool = True
     settings: str | None = None
     calc_class: str | None = None
+    own_kwargs: tuple[str, ...] = ()
 
     def recipe(self, step: str) -> Callable:
         """The quacc job function for `relax` or `static`, with the fixed kwargs bound."""
@@ -94,6 +100,7 @@ class Calculator:
             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"
         }  # fmt: skip
         accepted -= set(dict(self.kwargs)) | {"atoms", "restart", "label", "directory"}
+        accepted |= set(self.own_kwargs)
         return sorted(set(kwargs) - accepted)
 
     def relax_kwargs(self, params: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -156,6 +163,14 @@ CALCULATORS: dict[str, Calculator] = {
         CHGNET_ELEMENTS,
         20,
         calc_class="chgnet.model.dynamics:CHGNetCalculator",
+        own_kwargs=("device",),
+    ),
+    "sevennet": Calculator(
+        "poscarflow.sevennet",
+        ("sevenn", "torch"),
+        SEVENNET_ELEMENTS,
+        20,
+        calc_class="sevenn.calculator:SevenNetCalculator",
     ),
     "vasp": Calculator(
         "quacc.recipes.vasp.core",

@@ -2,6 +2,7 @@
 
 Shaped like quacc's own EMT recipes: pick the calculator, then quacc's Runner and
 Summarize. The `chgnet` package ships its pretrained weights, so nothing is downloaded.
+`device:` (auto | cpu | cuda) picks where it runs (poscarflow.devices).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING
 from quacc import job
 from quacc.runners.ase import Runner
 from quacc.schemas.ase import Summarize
+
+from poscarflow.devices import resolve_device
 
 if TYPE_CHECKING:
     from typing import Any
@@ -28,17 +31,20 @@ def _model() -> Any:
     return CHGNet.load(verbose=False)
 
 
-def _calculator(**calc_kwargs: Any) -> Calculator:
+def _calculator(device: str = "auto", **calc_kwargs: Any) -> Calculator:
     from chgnet.model.dynamics import CHGNetCalculator
 
-    return CHGNetCalculator(model=_model(), use_device="cpu", **calc_kwargs)
+    use_device = resolve_device(calc_kwargs.pop("use_device", device))  # CHGNet's own name
+    return CHGNetCalculator(model=_model(), use_device=use_device, **calc_kwargs)
 
 
 @job
 def static_job(atoms: Atoms, **calc_kwargs: Any) -> dict:
     """A CHGNet single point (quacc's RunSchema)."""
-    final_atoms = Runner(atoms, _calculator(**calc_kwargs)).run_calc()
-    return Summarize(additional_fields={"name": "CHGNet Static"}).run(final_atoms, atoms)
+    calc = _calculator(**calc_kwargs)
+    final_atoms = Runner(atoms, calc).run_calc()
+    fields = {"name": "CHGNet Static", "device": str(calc.device)}
+    return Summarize(additional_fields=fields).run(final_atoms, atoms)
 
 
 @job
@@ -46,7 +52,7 @@ def relax_job(
     atoms: Atoms, relax_cell: bool = False, opt_params: dict | None = None, **calc_kwargs: Any
 ) -> dict:
     """A CHGNet relaxation with an ASE optimizer (quacc's OptSchema)."""
-    dyn = Runner(atoms, _calculator(**calc_kwargs)).run_opt(
-        relax_cell=relax_cell, **(opt_params or {})
-    )
-    return Summarize(additional_fields={"name": "CHGNet Relax"}).opt(dyn)
+    calc = _calculator(**calc_kwargs)
+    dyn = Runner(atoms, calc).run_opt(relax_cell=relax_cell, **(opt_params or {}))
+    fields = {"name": "CHGNet Relax", "device": str(calc.device)}
+    return Summarize(additional_fields=fields).opt(dyn)

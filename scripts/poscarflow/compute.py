@@ -154,6 +154,8 @@ def _numbers(step: Step, result: dict) -> dict[str, Any]:
         "volume": float(atoms.get_volume()) if atoms.pbc.all() else None,
         "status": "done",
     }
+    if result.get("device"):  # where a machine-learned potential ran (cpu, cuda)
+        numbers["device"] = str(result["device"])
     if step == "relax":
         converged = bool(result.get("converged", True))
         path = result.get("trajectory") or [result["input_atoms"]["atoms"]]

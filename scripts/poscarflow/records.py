@@ -91,6 +91,7 @@ class Summary(TypedDict, total=False):
     converged: bool
     opt_steps: int
     volume_initial: float | None
+    device: str  # machine-learned potentials: the torch device it ran on (cpu, cuda)
 
 
 class HistoryRecord(TypedDict, total=False):
