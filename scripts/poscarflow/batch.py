@@ -36,9 +36,15 @@ def run_batch(request: Request, mapper: Callable[..., Iterable] = map) -> dict[s
     their own (the machine failed them, or their pool process died twice): then there is
     no manifest, the job fails, and the next run retries them.
     """
+    from poscarflow.calculators import get_calculator
+
     calcs = request["calcs"]
-    tasks = [({**request, "calcs": {sid: spec}}, sid) for sid, spec in calcs.items()]
-    entries = dict(zip(calcs, mapper(run_one, tasks), strict=True))
+    if calcs and get_calculator(next(iter(calcs.values()))["calculator"]).batched:
+        # the whole batch in one process, as one TorchSim state (poscarflow.batched)
+        entries = mapper(run_together, [request])[0] or dict.fromkeys(calcs)
+    else:
+        tasks = [({**request, "calcs": {sid: spec}}, sid) for sid, spec in calcs.items()]
+        entries = dict(zip(calcs, mapper(run_one, tasks), strict=True))
     lost = {sid: (e or {}).get("reason", LOST) for sid, e in entries.items()
             if e is None or e["status"] == "deferred"}  # fmt: skip
     failed = sum(e is not None and e["status"] == "failed" for e in entries.values())
@@ -69,10 +75,28 @@ def run_one(task: tuple[Request, str]) -> ManifestEntry:
     return {"key": summary["key"], "status": summary["status"]}
 
 
+def run_together(request: Request) -> dict[str, ManifestEntry]:
+    """A whole batch of a batched calculator (a picklable task): the manifest entries."""
+    from poscarflow.batched import run_batched
+
+    log_to(request["log"])
+    return run_batched(request)
+
+
 def run_or_reuse(layout: Layout, request: Request, spec: CalcSpec) -> Summary:
     """Return the calculation's summary, computing it only if its key changed."""
     from poscarflow.attempts import run_attempts
 
+    old, source, identity = reusable(layout, request, spec)
+    if old is not None:
+        return old
+    return run_attempts(layout, request["step"], spec, source, identity=identity,
+                        policy=request["policy"])  # fmt: skip
+
+
+def reusable(layout: Layout, request: Request, spec: CalcSpec) -> tuple[Summary | None, dict, dict]:
+    """The finished summary to reuse (None if it must be computed), what the calculation
+    starts from, and its identity (reuse key and code fingerprint)."""
     step, sid = request["step"], spec["id"]
     source = input_identity(layout, step, spec)
     key = reuse_key(step, source, spec)
@@ -82,10 +106,9 @@ def run_or_reuse(layout: Layout, request: Request, spec: CalcSpec) -> Summary:
         same_code = old.get("code", {}).get("digest") == code["digest"]
         if same_code or not request["rerun_on_code"]:
             logger.info("%s %s: reused (key %s, %s)", step, sid, key, old["status"])
-            return old
+            return old, source, {}
     logger.info("%s %s: computing (key %s)", step, sid, key)
-    identity = {"key": key, "code": code}
-    return run_attempts(layout, step, spec, source, identity=identity, policy=request["policy"])
+    return None, source, {"key": key, "code": code}
 
 
 def reuse_key(step: Step, source: dict, spec: CalcSpec) -> str:

@@ -64,6 +64,10 @@ class Calculator:
     own_kwargs
         `calc_kwargs` keys that our recipe takes itself, beyond `calc_class`'s (`device`
         of the machine-learned potentials: poscarflow.devices).
+    batched
+        Whether a batch's calculations run together as one TorchSim state in one process
+        (`module` is poscarflow.batched, `kwargs` name its TorchSim model) rather than
+        one at a time through quacc's recipes.
     """
 
     module: str
@@ -75,6 +79,7 @@ class Calculator:
     settings: str | None = None
     calc_class: str | None = None
     own_kwargs: tuple[str, ...] = ()
+    batched: bool = False
 
     def recipe(self, step: str) -> Callable:
         """The quacc job function for `relax` or `static`, with the fixed kwargs bound."""
@@ -171,6 +176,25 @@ CALCULATORS: dict[str, Calculator] = {
         SEVENNET_ELEMENTS,
         20,
         calc_class="sevenn.calculator:SevenNetCalculator",
+    ),
+    # TorchSim's batched engine (poscarflow.batched): FIRE on one state per batch.
+    "torchsim-lj": Calculator(
+        "poscarflow.batched",
+        ("torch-sim-atomistic", "torch"),
+        None,
+        200,
+        (("potential", "lj"),),
+        calc_class="torch_sim.models.lennard_jones:LennardJonesModel",
+        batched=True,
+    ),
+    "torchsim-sevennet": Calculator(
+        "poscarflow.batched",
+        ("torch-sim-atomistic", "sevenn", "torch"),
+        SEVENNET_ELEMENTS,
+        100,
+        (("potential", "sevennet"),),
+        calc_class="sevenn.calculator:SevenNetCalculator",  # its model, modal, device
+        batched=True,
     ),
     "vasp": Calculator(
         "quacc.recipes.vasp.core",
