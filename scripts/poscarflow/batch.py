@@ -41,7 +41,8 @@ def run_batch(request: Request, mapper: Callable[..., Iterable] = map) -> dict[s
     calcs = request["calcs"]
     if calcs and get_calculator(next(iter(calcs.values()))["calculator"]).batched:
         # the whole batch in one process, as one TorchSim state (poscarflow.batched)
-        entries = mapper(run_together, [request])[0] or dict.fromkeys(calcs)
+        (entries,) = list(mapper(run_together, [request]))
+        entries = entries or dict.fromkeys(calcs)
     else:
         tasks = [({**request, "calcs": {sid: spec}}, sid) for sid, spec in calcs.items()]
         entries = dict(zip(calcs, mapper(run_one, tasks), strict=True))

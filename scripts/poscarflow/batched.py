@@ -13,7 +13,8 @@ Per structure, not per batch: a structure whose energy, forces or cell become Na
 infinite leaves the state at that step and fails alone; one that converges, or reaches
 `max_steps`, leaves it and is published at once; a kill leaves each unfinished
 structure's frames, and the next run continues each from its last frame (FIRE starts
-afresh there: its velocities are not kept). A structure needs a periodic cell (TorchSim
+afresh there: its velocities and time step are not on disk; a restart by the policy
+within the same job keeps them). A structure needs a periodic cell (TorchSim
 0.3 holds one `pbc` per state); a molecule is a bad input for it alone.
 
 Written for torch-sim-atomistic 0.3.0, the last release that installs on Python 3.11
@@ -75,6 +76,7 @@ class Calc:
     atoms: Atoms | None = None  # where this attempt starts
     frames: list[Atoms] = field(default_factory=list)  # this attempt's own path
     summary: dict = field(default_factory=dict)
+    carried: Any = None  # its optimizer's state (one system), when a restart goes on in-job
 
     @property
     def sid(self) -> str:
@@ -219,6 +221,8 @@ def _finish(layout: Layout, step: Step, calc: Calc, policy: dict[str, int]) -> S
                 failure, rule)  # fmt: skip
     if failure == "unconverged":  # continue from the last frame, not from the input
         calc.continued = Continuation(read_frames(calc.tmp / TRAJECTORY), None)  # type: ignore[operator]
+    else:
+        calc.carried = None
     return None
 
 
@@ -294,9 +298,16 @@ def relax_together(calcs: list[Calc], params: dict[str, Any], model: Any) -> lis
               "optimizer": f"torch_sim.{optimizer.__name__}"}  # fmt: skip
     stop_at = deadline()
     writers = {c.sid: Trajectory(str(c.tmp / TRAJECTORY), "w") for c in calcs}  # type: ignore[operator]
-    active, step = list(calcs), 0
+    fresh = [c for c in calcs if c.carried is None]
+    parts = [c.carried for c in calcs if c.carried is not None]  # FIRE goes on where it was
+    active, step = fresh + [c for c in calcs if c.carried is not None], 0
     try:
-        state = init(ts.initialize_state([c.atoms for c in active], model.device, model.dtype))
+        if fresh:
+            atoms = [c.atoms for c in fresh]
+            parts.insert(0, init(ts.initialize_state(atoms, model.device, model.dtype)))
+        state = parts[0] if len(parts) == 1 else ts.concatenate_states(parts)
+        for calc in active:
+            calc.carried = None
         while active:
             done = converged(state, None).tolist()
             last = step >= params["max_steps"]
@@ -341,6 +352,8 @@ def _record_step(
         if done[i] or last:
             writers.pop(calc.sid).close()
             _relaxed(calc, bool(done[i]), engine)
+            if not done[i]:  # a restart in this job continues with FIRE's own state
+                calc.carried = state[[i]]
         else:
             keep.append(i)
     return keep
