@@ -102,7 +102,7 @@ def test_one_structure_that_blows_up_or_is_a_molecule_fails_alone(
 
         calls = 0
 
-        def forward(self, state):  # noqa: ANN001, ANN202
+        def forward(self, state):
             out = super().forward(state)
             BlowsUp.calls += 1
             if BlowsUp.calls > 3:
