@@ -212,3 +212,20 @@ def test_killed_batch_continues_each_structure_from_its_last_frame(
         assert [r["event"] for r in records] == ["start", "end", "start", "end"]
         assert records[1]["failure"] == "interrupted"
         assert records[2]["continued_from"] == k
+
+
+@pytest.mark.slow
+def test_snakemake_runs_a_batched_calculator_through_its_pool(workflow) -> None:
+    """The real workflow: each batch job hands its whole batch to one pool process."""
+    _cells(workflow.structures, ["Ar0", "Ar1", "Ar2", "Ar3"])
+    workflow.config |= {
+        "calculator": "torchsim-lj", "batch_size": 2,
+        "relax": {"fmax": 0.02, "calc_kwargs": ARGON}, "static": {"calc_kwargs": ARGON},
+    }  # fmt: skip
+    workflow.write_config()
+    workflow.run()
+    for sid in ("Ar0", "Ar1", "Ar2", "Ar3"):
+        relax, static = workflow.summary(sid, "relax"), workflow.summary(sid, "static")
+        assert (relax["status"], static["status"]) == ("done", "done")
+        assert static["energy"] == pytest.approx(relax["energy"], abs=1e-8)
+    assert "nothing to be done" in workflow.run().output.lower()  # all reused
