@@ -229,3 +229,35 @@ def test_snakemake_runs_a_batched_calculator_through_its_pool(workflow) -> None:
         assert (relax["status"], static["status"]) == ("done", "done")
         assert static["energy"] == pytest.approx(relax["energy"], abs=1e-8)
     assert "nothing to be done" in workflow.run().output.lower()  # all reused
+
+
+@pytest.mark.slow
+def test_torchsim_sevennet_matches_the_ase_calculator(tmp_path: Path, monkeypatch) -> None:
+    """SevenNet-0 through TorchSim 0.3's wrapper (batched) gives the energies of sevenn's
+    own ASE calculator on the relaxed cells."""
+    pytest.importorskip("sevenn")
+    import warnings
+
+    from ase.build import bulk
+    from ase.io import read, write
+    from sevenn.calculator import SevenNetCalculator
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "structures").mkdir()
+    write(tmp_path / "structures/NaCl.extxyz", bulk("NaCl", "rocksalt", a=5.7))
+    write(tmp_path / "structures/Si.extxyz", bulk("Si", a=5.5))
+    relax = example_config()["relax"] | {"fmax": 0.05, "calc_kwargs": {"device": "cpu"}}
+    config = example_config(structures="structures", calculator="torchsim-sevennet",
+                            relax=relax, static={"calc_kwargs": {"device": "cpu"}})  # fmt: skip
+    plan = Plan(config, tmp_path / ".hashes.json")
+    run_step(plan, "relax")
+    run_step(plan, "static")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        calc = SevenNetCalculator("7net-0", device="cpu")
+    for sid in ("NaCl", "Si"):
+        static = _summary(sid, "static")
+        assert (_summary(sid)["status"], static["status"]) == ("done", "done")
+        atoms = read(f"results/calcs/{sid}/relax/final.extxyz")
+        atoms.calc = calc
+        assert static["energy"] == pytest.approx(atoms.get_potential_energy(), abs=1e-5)
