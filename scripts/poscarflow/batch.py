@@ -77,11 +77,17 @@ def run_one(task: tuple[Request, str]) -> ManifestEntry:
 
 
 def run_together(request: Request) -> dict[str, ManifestEntry]:
-    """A whole batch of a batched calculator (a picklable task): the manifest entries."""
-    from poscarflow.batched import run_batched
+    """A whole batch of a batched calculator (a picklable task): the manifest entries.
+
+    The engine is its registry entry's module (poscarflow.batched), imported by name like
+    a recipe, so that it is part of the code fingerprint of its own jobs only."""
+    import importlib
+
+    from poscarflow.calculators import get_calculator
 
     log_to(request["log"])
-    return run_batched(request)
+    calculator = get_calculator(next(iter(request["calcs"].values()))["calculator"])
+    return importlib.import_module(calculator.module).run_batched(request)
 
 
 def run_or_reuse(layout: Layout, request: Request, spec: CalcSpec) -> Summary:
