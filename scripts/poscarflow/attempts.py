@@ -16,7 +16,14 @@ import shutil
 from typing import TYPE_CHECKING
 
 from poscarflow.compute import compute
-from poscarflow.files import publish_dir, remove_leftovers, unreadable, write_json
+from poscarflow.files import (
+    publish_dir,
+    read_frames,
+    remove_leftovers,
+    unreadable,
+    write_frames,
+    write_json,
+)
 from poscarflow.history import (
     append_history,
     attempts_ended,
@@ -27,14 +34,7 @@ from poscarflow.history import (
 from poscarflow.layout import ATTEMPT_MARKER, OPT_STATE, PATH, SUMMARY, TRAJECTORY
 from poscarflow.policy import matching_rule
 from poscarflow.records import end_record, failed_summary, start_record
-from poscarflow.resume import (
-    Continuation,
-    WallTimeReached,
-    last_step,
-    optimizer_state,
-    read_frames,
-    write_frames,
-)
+from poscarflow.resume import Continuation, WallTimeReached, last_step, optimizer_state
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -55,6 +55,8 @@ class Calculator:
     settings
         "module:function" returning the extra quacc settings of its jobs (VASP:
         custodian, the parallel command, the wall time), or None.
+    gamma_only
+        Whether it samples the Γ point only (xTB): a small periodic cell is warned about.
     calc_class
         "module:Class" of the ASE calculator its recipes build: `calc_kwargs` keys it does
         not accept are an error before anything runs. None accepts any key (VASP's
@@ -69,6 +71,7 @@ class Calculator:
     ase_optimizer: bool = True
     settings: str | None = None
     calc_class: str | None = None
+    gamma_only: bool = False
 
     def recipe(self, step: str) -> Callable:
         """The quacc job function for `relax` or `static`, with the fixed kwargs bound."""
@@ -141,6 +144,7 @@ CALCULATORS: dict[str, Calculator] = {
         10,
         (("method", "GFN2-xTB"),),
         calc_class="tblite.ase:TBLite",
+        gamma_only=True,
     ),
     "tblite-gfn1": Calculator(
         "quacc.recipes.tblite.core",
@@ -149,6 +153,7 @@ CALCULATORS: dict[str, Calculator] = {
         10,
         (("method", "GFN1-xTB"),),
         calc_class="tblite.ase:TBLite",
+        gamma_only=True,
     ),
     "chgnet": Calculator(
         "poscarflow.chgnet",

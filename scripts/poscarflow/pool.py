@@ -290,6 +290,8 @@ def serve(address: str, processes: int, calculator: str) -> None:
 
     parent = os.getppid()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s pool: %(message)s")
+    if engine := settings.neutralise_workflow_engine():  # before the fork server imports quacc
+        log.info("QUACC_WORKFLOW_ENGINE=%s ignored: Snakemake is the workflow engine", engine)
     listener = Listener("\0" + address, "AF_UNIX", authkey=os.environ[settings.POOL_KEY].encode())
     started = time.time()
     pool = SupervisedPool(processes, [*PRELOAD, get_calculator(calculator).module])

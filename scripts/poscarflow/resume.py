@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from poscarflow import settings, slurm
-from poscarflow.files import atomic_path, read_json
+from poscarflow.files import atomic_path, read_frames, read_json
 from poscarflow.layout import ATTEMPT_MARKER, OPT_STATE, PATH, TRAJECTORY
 
 if TYPE_CHECKING:
@@ -47,34 +47,12 @@ class Continuation:
         return len(self.frames) - 1
 
 
-def read_frames(path: Path) -> list[Atoms]:
-    """The frames of a trajectory, as many as can be read (a kill may cut the last)."""
-    from ase.io.trajectory import Trajectory
-
-    frames: list[Atoms] = []
-    try:
-        with Trajectory(str(path)) as traj:
-            for i in range(len(traj)):
-                frames.append(traj[i])
-    except Exception:  # missing, or cut by a kill or a full disk: keep what was read
-        pass
-    return frames
-
-
-def write_frames(path: Path, frames: list[Atoms]) -> None:
-    """Write a trajectory atomically (energies and forces kept)."""
-    from ase.io.trajectory import Trajectory
-
-    with atomic_path(path) as tmp, Trajectory(str(tmp), "w") as traj:
-        for atoms in frames:
-            traj.write(atoms)
-
-
 def attempt_path(folder: Path) -> list[Atoms]:
     """The whole path an attempt folder holds: earlier attempts' frames, then its own
     (quacc's `opt.traj`, in its run folder while the relax runs)."""
     earlier = read_frames(folder / PATH)
-    own = max((read_frames(p) for p in folder.rglob(TRAJECTORY)), key=len, default=[])
+    runs = [*folder.rglob(TRAJECTORY), *folder.glob(f"symlink-*/{TRAJECTORY}")]  # scratch
+    own = max((read_frames(p) for p in runs), key=len, default=[])
     return earlier + own[1:] if earlier else own
 
 

@@ -45,3 +45,12 @@ def pool_address() -> tuple[str, bytes] | None:
     """This run's pool (address, key), or None when the job must compute itself."""
     address, key = os.environ.get(POOL_ADDRESS), os.environ.get(POOL_KEY)
     return (address, key.encode()) if address and key else None
+
+
+def neutralise_workflow_engine() -> str | None:
+    """Make quacc run each recipe as a plain function (Snakemake is the workflow engine);
+    returns the user's QUACC_WORKFLOW_ENGINE if one was set. Must run before quacc is
+    imported: quacc refuses to change its engine later."""
+    previous = os.environ.get(QUACC_WORKFLOW_ENGINE)
+    os.environ[QUACC_WORKFLOW_ENGINE] = "None"
+    return previous if previous not in (None, "", "None", "null") else None
