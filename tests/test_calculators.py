@@ -83,3 +83,14 @@ def test_chgnet_relax_and_static_offline(tmp_path: Path, monkeypatch) -> None:
         out = subprocess.run(["unshare", "--net", sys.executable, "-c", CHGNET_DIRECT, poscar],
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
         assert summary["energy"] == pytest.approx(float(out.split()[-1]), abs=1e-5)
+
+
+def test_gamma_only_methods_warn_on_narrow_cells() -> None:
+    from poscarflow.compute import _too_small_for_gamma
+
+    si = bulk("Si", "diamond", a=5.43)
+    assert "Γ point only" in _too_small_for_gamma(si)
+    assert "3.1 Å wide" in _too_small_for_gamma(si)
+    assert _too_small_for_gamma(bulk("Si", "diamond", a=5.43, cubic=True) * 2) is None
+    water = molecule("H2O")
+    assert _too_small_for_gamma(water) is None

@@ -266,3 +266,31 @@ def test_unusable_folder_or_config_stops_before_anything_runs(
     assert f"poscarflow: {message}" in proc.output
     assert "Traceback" not in proc.output
     assert not (workflow.root / "results").exists()
+
+
+def test_quacc_settings_of_the_user_are_honoured_and_the_engine_neutralised(
+    workflow: Workflow, tmp_path: Path
+) -> None:
+    """Regression: QUACC_SCRATCH_DIR and QUACC_GZIP_FILES were silently overridden, and
+    QUACC_WORKFLOW_ENGINE=jobflow crashed every batch (ModuleNotFoundError: jobflow)."""
+    workflow.add_examples("Cu_fcc", "Cu_2x1x1_rattled")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {"QUACC_SCRATCH_DIR": str(scratch), "QUACC_GZIP_FILES": "true",
+           "QUACC_WORKFLOW_ENGINE": "jobflow"}  # fmt: skip
+    workflow.run(env=env)
+    relax = workflow.root / "results/calcs/Cu_2x1x1_rattled/relax"
+    assert (relax / "opt.traj.gz").exists()  # quacc gzipped its files
+    assert f"Run directory = {scratch}" in workflow.log("relax")  # ran in the scratch dir
+    pool_log = (workflow.root / "logs/pool.log").read_text()
+    assert "QUACC_WORKFLOW_ENGINE=jobflow ignored: Snakemake is the workflow engine" in pool_log
+    plain = Workflow(tmp_path / "plain")
+    plain.add_examples("Cu_fcc", "Cu_2x1x1_rattled")
+    plain.run()
+    for sid in ("Cu_fcc", "Cu_2x1x1_rattled"):
+        ours, theirs = workflow.summary(sid, "static"), plain.summary(sid, "static")
+        assert ours["energy"] == pytest.approx(theirs["energy"], abs=1e-10)
+    from poscarflow.files import read_frames
+
+    assert len(read_frames(relax / "opt.traj")) == workflow.summary(
+        "Cu_2x1x1_rattled", "relax")["opt_steps"] + 1  # fmt: skip
