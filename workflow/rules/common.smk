@@ -101,6 +101,7 @@ def check_slurm_request():
 def final_outputs(wildcards):
     """What `rule all` asks for (a function: it runs when the DAG is built)."""
     check_slurm_request()
+    start_pool()  # importing quacc overlaps with building the DAG
     return [
         str(LAYOUT.table),
         str(LAYOUT.relaxed),
@@ -114,8 +115,11 @@ POOL = {}
 
 
 def start_pool():
-    """Before the first job of a local run: start its pool of calculation processes."""
-    if workflow.local_exec:
+    """Start the pool of a local run that will run jobs (not -n), once: called when the
+    DAG starts to be built, so that the pool imports quacc meanwhile, and at `onstart`.
+    """
+    wanted = workflow.local_exec and not workflow.dryrun and workflow.is_main_process
+    if wanted and "handle" not in POOL:
         POOL["handle"] = pool.start(
             workflow.cores, config["calculator"], "logs/pool.log"
         )
