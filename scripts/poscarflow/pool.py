@@ -275,13 +275,32 @@ def _handle(conn: Any, pool: SupervisedPool) -> None:
                 conn.send({"lost": {}, "error": f"{type(err).__name__}: {err}"})
 
 
+def _exit(pool: SupervisedPool, status: int = 0) -> None:
+    """Log the pool's peak memory, kill its processes, exit."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    log.info("peak memory: server %.0f MB, largest pool process %.0f MB", own,
+             max((_peak_mb(p.process.pid) for p in pool.procs), default=0))  # fmt: skip
+    pool.kill()
+    os._exit(status)
+
+
+def _peak_mb(pid: int) -> float:
+    """A live process's peak resident memory (VmHWM), in MB."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def _exit_with(parent: int, pool: SupervisedPool) -> None:
     """Exit when the Snakemake process that started us is gone (even after SIGKILL)."""
     while os.getppid() == parent:
         time.sleep(0.2)
     log.warning("Snakemake (pid %d) is gone: stopping the pool", parent)
-    pool.kill()
-    os._exit(1)
+    _exit(pool, 1)
 
 
 def serve(address: str, processes: int, calculator: str) -> None:
@@ -295,7 +314,7 @@ def serve(address: str, processes: int, calculator: str) -> None:
     listener = Listener("\0" + address, "AF_UNIX", authkey=os.environ[settings.POOL_KEY].encode())
     started = time.time()
     pool = SupervisedPool(processes, [*PRELOAD, get_calculator(calculator).module])
-    signal.signal(signal.SIGTERM, lambda *_: (pool.kill(), os._exit(0)))
+    signal.signal(signal.SIGTERM, lambda *_: _exit(pool))
     threading.Thread(target=_exit_with, args=(parent, pool), daemon=True).start()
     log.info("%d processes starting (%.1f s)", processes, time.time() - started)
     uid = os.getuid()
