@@ -15,8 +15,8 @@ SCHEMA = yaml.safe_load((REPO / "scripts/poscarflow/schemas/config.schema.yaml")
 def _keys(schema: dict, prefix: str = "") -> set[str]:
     """Every config key of the schema, dotted (`relax.fmax`)."""
     keys = set()
-    for name, prop in schema.get("properties", {}).items():
-        prop = SCHEMA["$defs"][prop["$ref"].rsplit("/", 1)[1]] if "$ref" in prop else prop
+    for name, given in schema.get("properties", {}).items():
+        prop = SCHEMA["$defs"][given["$ref"].rsplit("/", 1)[1]] if "$ref" in given else given
         nested = _keys(prop, f"{prefix}{name}.") if name != "overrides" else set()
         keys |= nested or {prefix + name}  # a section is documented by its keys
     return keys
