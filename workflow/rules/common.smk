@@ -14,14 +14,14 @@ from poscarflow.vasp import check_potcars
 LAYOUT = Layout(Path("results"))
 RESULTS = str(LAYOUT.root)
 PLAN = Plan(config, layout=LAYOUT)
+POLICY = read_file(config["restart_policy"])
 try:  # an unusable structure folder or config: one line, before anything runs
     PLAN.check()
+    if config["calculator"] == "vasp":  # every POTCAR, before anything is submitted
+        for preset in PLAN.vasp_presets:
+            check_potcars(PLAN.elements, preset)
 except ValueError as err:
     raise SystemExit(f"poscarflow: {err}") from None
-POLICY = read_file(config["restart_policy"])
-if config["calculator"] == "vasp":  # every POTCAR, before anything is submitted
-    for preset in PLAN.vasp_presets:
-        check_potcars(PLAN.elements, preset)
 MEM_MB = 2000  # per batch job, before escalation
 # The code a relax or static job runs (our modules and package versions) is part of its
 # shell command, so that Snakemake's own `code` trigger sees it.
