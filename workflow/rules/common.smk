@@ -99,7 +99,8 @@ def check_slurm_request():
 
 
 def final_outputs(wildcards):
-    """What `rule all` asks for (a function: it runs when the DAG is built)."""
+    """The targets of the run, asked for by the `all` target. A function, so that it
+    runs when the DAG is built."""
     check_slurm_request()
     start_pool()  # importing quacc overlaps with building the DAG
     return [
