@@ -184,8 +184,9 @@ def test_html_table_and_overview_for_the_report(results, tmp_path) -> None:
     collect(["Ag", "Au", "Cu"], str(results.table), str(results.relaxed), "logs/c.log",
             table_json=str(results.table_json), table_html=str(html),
             overview=str(overview))  # fmt: skip
-    page = html.read_text()
+    page = html.read_text(encoding="ascii")  # Å as a character reference
     assert "<th>static energy (eV)</th>" in page
+    assert "<th>volume final (&#197;&#179;)</th>" in page
     assert '<td class="num">-0.000367</td>' in page
     assert page.index(">Au<") < page.index(">Ag<")  # failed first
     text = overview.read_text()
@@ -269,7 +270,7 @@ def test_plots_say_what_they_show(results) -> None:
     _trajectory(results.trajectory("Cu"), bulk("Cu", "fcc", a=3.6), [0.02, 0.0])
     rows = json.loads(results.table_json.read_text())
     energies = plots.plot_energies(plt, rows, "e.png")
-    assert "emt" in energies.axes[0].get_title()
+    assert "calculator: emt" in energies.axes[0].get_title()
     assert "1 failed, left out" in energies.axes[0].get_title()
     volumes = plots.plot_volumes(plt, rows, "v.png")
     labels = [t.get_text() for t in volumes.axes[0].get_legend().get_texts()]

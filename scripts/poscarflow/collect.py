@@ -34,6 +34,8 @@ DECIMALS = {
     "max_force_eV_per_A": 4, "max_stress_GPa": 4, "wall_time_s": 1,
 }  # fmt: skip
 STATUSES = ("done", "unconverged", "failed")
+MOST_LISTED = 5  # failures named on the report's first page (Snakemake centres it
+# vertically: a page taller than the window loses its top)
 MOST_HTML_ROWS = 1000  # the report's table: problems first, then done rows up to this many
 
 
@@ -153,15 +155,19 @@ def write_html_table(rows: list[dict], path: str) -> None:
     if left_out:
         note += f" Showing the first {len(shown)} (failed and unconverged first); "
         note += "summary.csv and summary.json hold every row."
-    header = "".join(f"<th>{html.escape(_title(c))}</th>" for c in COLUMNS)
-    body = "\n".join(_html_row(rounded(row)) for row in shown)
+    columns = [c for c in COLUMNS if any(row[c] not in (None, "", []) for row in shown)]
+    if len(columns) < len(COLUMNS):
+        note += " Columns without a value in any row are left out."
+    header = "".join(f"<th>{html.escape(_title(c))}</th>" for c in columns)
+    body = "\n".join(_html_row(rounded(row), columns) for row in shown)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>poscarflow results</title>
 <style>
 body {{ font-family: system-ui, sans-serif; font-size: 13px; margin: 8px; }}
 table {{ border-collapse: collapse; }}
 th, td {{ padding: 3px 8px; border-bottom: 1px solid #ddd; white-space: nowrap; }}
-th {{ position: sticky; top: 0; background: #f0f0f0; text-align: left; }}
+th {{ position: sticky; top: 0; background: #f0f0f0; text-align: left; vertical-align: bottom;
+      white-space: normal; min-width: 4em; }}
 td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 td.text {{ white-space: normal; min-width: 16em; }}
 tr.failed td {{ background: #fde2e2; }}
@@ -174,8 +180,8 @@ wall time (relax + static) in s. Red rows failed, orange rows did not converge.<
 {body}
 </tbody></table></body></html>
 """
-    with atomic_path(path) as tmp:
-        tmp.write_text(page)
+    with atomic_path(path) as tmp:  # ASCII (Å as &#197;): right under any charset
+        tmp.write_bytes(page.encode("ascii", "xmlcharrefreplace"))
 
 
 def _title(column: str) -> str:
@@ -188,9 +194,9 @@ def _title(column: str) -> str:
     return column.replace("_", " ")
 
 
-def _html_row(row: dict) -> str:
+def _html_row(row: dict, columns: list[str]) -> str:
     cells = []
-    for column in COLUMNS:
+    for column in columns:
         value = "" if row[column] is None else str(row[column])
         kind = "num" if column in DECIMALS or column in ("natoms", "opt_steps") else ""
         kind = "text" if column in ("reason", "warnings") else kind
@@ -213,15 +219,15 @@ def write_overview(rows: list[dict], versions: Counter, path: str) -> None:
         f"with Snakemake {_version('snakemake')}.",
         "",
         f"**Wall time**: {sum(r['wall_time_s'] for r in rows):.1f} s in calculations "
-        "(relax + static, summed over structures; reused calculations count their "
-        "first run).",
+        "(relax + static, summed over structures; a reused calculation counts its first "
+        "run).",
     ]
     failed = [row for row in rows if row["status"] == "failed"]
     if failed:
         lines += ["", "**Failed**:", ""]
-        lines += [f"- ``{r['id']}``: {_rst(r['reason'])}" for r in failed[:20]]
-        if len(failed) > 20:
-            lines.append(f"- ... and {len(failed) - 20} more (see summary.html)")
+        lines += [f"- ``{r['id']}``: {_rst(r['reason'])}" for r in failed[:MOST_LISTED]]
+        if len(failed) > MOST_LISTED:
+            lines.append(f"- ... and {len(failed) - MOST_LISTED} more (see summary.html)")
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
 

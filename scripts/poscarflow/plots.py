@@ -64,7 +64,7 @@ def _left_out(n: int, why: str) -> str:
 def plot_energies(plt, rows: list[dict], path: str) -> Figure:
     """Static energy per atom of every structure that did not fail."""
     shown = [r for r in rows if r["status"] != "failed" and r["energy_per_atom_eV"] is not None]
-    title = (f"Static energy per atom, {_calculators(rows)}\n({len(shown)} structures"
+    title = (f"Static energy per atom (calculator: {_calculators(rows)})\n({len(shown)} structures"
              f"{_left_out(len(rows) - len(shown), 'failed')})")  # fmt: skip
     shown.sort(key=lambda r: r["energy_per_atom_eV"])
     values = [r["energy_per_atom_eV"] for r in shown]
@@ -113,12 +113,13 @@ def plot_convergence(plt, layout: Layout, rows: list[dict], path: str) -> Figure
 
     relaxed = [r for r in rows if r.get("opt_steps") is not None]
     unconverged = [r for r in relaxed if r["converged"] is False]
+    bars = len(relaxed) <= MOST_STEP_BARS
     fig, (steps_ax, force_ax) = plt.subplots(
-        1, 2, figsize=(12, max(4.5, 0.22 * min(len(relaxed), MOST_STEP_BARS))),
+        1, 2, figsize=(12, max(4.5, 0.22 * len(relaxed)) if bars else 4.5),
         gridspec_kw={"width_ratios": (1, 1.3)},
     )  # fmt: skip
     slowest = sorted(relaxed, key=lambda r: (r["converged"] is not False, -r["opt_steps"]))
-    if len(relaxed) <= MOST_STEP_BARS:
+    if bars:
         by_steps = sorted(relaxed, key=lambda r: -r["opt_steps"])
         steps_ax.barh([r["id"] for r in by_steps], [r["opt_steps"] for r in by_steps],
                       color=[UNCONVERGED if r["converged"] is False else CONVERGED
@@ -127,14 +128,16 @@ def plot_convergence(plt, layout: Layout, rows: list[dict], path: str) -> Figure
         steps_ax.set(xlabel="optimizer steps", ylabel="")
     else:
         ok = [r["opt_steps"] for r in relaxed if r["converged"] is not False]
-        steps_ax.hist([ok, [r["opt_steps"] for r in unconverged]], bins=50, stacked=True,
+        most = max(r["opt_steps"] for r in relaxed)
+        bins = [n - 0.5 for n in range(most + 2)] if most < 100 else 50  # whole steps
+        steps_ax.hist([ok, [r["opt_steps"] for r in unconverged]], bins=bins, stacked=True,
                       color=[CONVERGED, UNCONVERGED])  # fmt: skip
         steps_ax.set(xlabel="optimizer steps", ylabel="structures", yscale="log")
     steps_ax.set_title(f"Optimizer steps per relax ({len(relaxed)} relaxes, "
                        f"{len(unconverged)} not converged)")  # fmt: skip
     steps_ax.legend(handles=[Patch(color=CONVERGED, label="converged"),
                              Patch(color=UNCONVERGED, label="not converged")],
-                    fontsize="small", loc="lower right")  # fmt: skip
+                    fontsize="small", loc="lower right" if bars else "upper right")  # fmt: skip
     _force_curves(layout, slowest[:MOST_CURVES], len(relaxed), force_ax)
     fig.tight_layout()
     _save(fig, path)
