@@ -250,7 +250,8 @@ def test_wrong_and_unusable_inputs_fail_alone_while_the_others_finish(workflow: 
         ({"structures": "config/config.yaml"}, "config/config.yaml: is a file, not a folder"),
         ({"relax": {"calc_kwargs": {"bogus": 1}}},
          "config relax.calc_kwargs: bogus not accepted by the emt calculator"),
-        ({"overrides": {"nope": {"relax": {"fmax": 0.1}}}}, "config overrides name unknown structure ids: nope"),
+        ({"overrides": {"nope": {"relax": {"fmax": 0.1}}}},
+         "config overrides name unknown structure ids: nope"),
     ],
 )  # fmt: skip
 def test_unusable_folder_or_config_stops_before_anything_runs(
