@@ -1,4 +1,5 @@
-"""Snakemake job of rule check: fail the run, listing failed structures, if any failed."""
+"""Snakemake job of rule check: fail the run, listing failed structures, if any failed
+(reads summary.json)."""
 
 from poscarflow.collect import check
 

@@ -1,4 +1,4 @@
-"""Snakemake job of rule database: results/results.db for `ase db`."""
+"""Snakemake job of rule database: results/results.db for `ase db`, from summary.json."""
 
 from poscarflow.database import write_database
 

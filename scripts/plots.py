@@ -1,4 +1,5 @@
-"""Snakemake job of rule plots: energy per atom, convergence and volume change PNGs."""
+"""Snakemake job of rule plots: energy per atom, convergence and volume change PNGs
+from the full-precision table summary.json."""
 
 from poscarflow.plots import plot_all
 

@@ -60,8 +60,8 @@ def test_energies_match_direct_quacc_and_rerun_is_noop(workflow: Workflow, tmp_p
         relax_e, static_e = _direct_quacc(
             workflow.structures / f"{sid}.vasp", workflow.config["relax"], tmp_path / sid
         )
-        assert float(rows[sid]["relaxed_energy"]) == pytest.approx(relax_e, abs=1e-6)
-        assert float(rows[sid]["static_energy"]) == pytest.approx(static_e, abs=1e-6)
+        assert float(rows[sid]["relaxed_energy_eV"]) == pytest.approx(relax_e, abs=1e-6)
+        assert float(rows[sid]["static_energy_eV"]) == pytest.approx(static_e, abs=1e-6)
         assert rows[sid]["status"] == "done"
         calc = workflow.root / "results/calcs" / sid
         assert {p.name for p in (calc / "relax").iterdir()} >= {
@@ -80,7 +80,7 @@ def test_energies_match_direct_quacc_and_rerun_is_noop(workflow: Workflow, tmp_p
     assert sorted(relaxed) == sorted(ids)
     for sid in ids:
         energy = relaxed[sid].get_potential_energy()
-        assert energy == pytest.approx(float(rows[sid]["relaxed_energy"]), abs=1e-6)
+        assert energy == pytest.approx(float(rows[sid]["relaxed_energy_eV"]), abs=1e-6)
         assert relaxed[sid].get_forces().shape == (len(relaxed[sid]), 3)
     assert not list(workflow.root.glob("tmp-quacc-*"))
     assert not list((workflow.root / "results").rglob("tmp-quacc-*"))
@@ -99,10 +99,10 @@ def _check_plots_database_report(workflow: Workflow, ids: tuple[str, ...]) -> No
     db = ase.db.connect(str(results / "results.db"))
     rows = {row.structure_id: row for row in db.select()}
     assert sorted(rows) == sorted(ids)
-    energy = float(_rows(workflow)["Cu_fcc"]["relaxed_energy"])
+    energy = float(_rows(workflow)["Cu_fcc"]["relaxed_energy_eV"])
     assert rows["Cu_fcc"].energy == pytest.approx(energy, abs=1e-6)
     assert rows["Cu_fcc"].converged
-    assert rows["Cu_fcc"].calculator_name == "emt"
+    assert rows["Cu_fcc"].calculator == "emt"
     workflow.run("--report", "report.html")
     report = (workflow.root / "report.html").read_text()
     assert "summary.csv" in report

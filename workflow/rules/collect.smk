@@ -11,11 +11,18 @@ rule collect:
         manifests("static"),
     output:
         table=report(
-            f"{RESULTS}/summary.csv",
+            str(LAYOUT.table),
             caption="../report/summary.rst",
             category="Results",
         ),
-        extxyz=f"{RESULTS}/relaxed.extxyz",
+        table_json=str(LAYOUT.table_json),
+        table_html=report(
+            f"{RESULTS}/summary.html",
+            caption="../report/summary_html.rst",
+            category="Results",
+        ),
+        overview=f"{RESULTS}/overview.rst",
+        extxyz=str(LAYOUT.relaxed),
     log:
         "logs/collect.log",
     retries: 0
@@ -29,9 +36,9 @@ rule collect:
 
 rule check:
     input:
-        f"{RESULTS}/summary.csv",
+        str(LAYOUT.table_json),
     output:
-        f"{RESULTS}/.complete",
+        str(LAYOUT.complete),
     log:
         "logs/check.log",
     retries: 0
@@ -43,20 +50,20 @@ rule check:
 
 rule plots:
     input:
-        f"{RESULTS}/summary.csv",
+        str(LAYOUT.table_json),
     output:
         energies=report(
-            f"{RESULTS}/plots/energy_per_atom.png",
+            str(LAYOUT.plot("energy_per_atom")),
             caption="../report/energy_per_atom.rst",
             category="Plots",
         ),
         convergence=report(
-            f"{RESULTS}/plots/convergence.png",
+            str(LAYOUT.plot("convergence")),
             caption="../report/convergence.rst",
             category="Plots",
         ),
         volumes=report(
-            f"{RESULTS}/plots/volume_change.png",
+            str(LAYOUT.plot("volume_change")),
             caption="../report/volume_change.rst",
             category="Plots",
         ),
@@ -71,9 +78,9 @@ rule plots:
 
 rule database:
     input:
-        f"{RESULTS}/summary.csv",
+        str(LAYOUT.table_json),
     output:
-        f"{RESULTS}/results.db",
+        str(LAYOUT.database),
     log:
         "logs/database.log",
     retries: 0
