@@ -119,7 +119,9 @@ def start_pool():
     """Start the pool of a local run that will run jobs (not -n), once: called when the
     DAG starts to be built, so that the pool imports quacc meanwhile, and at `onstart`.
     """
-    wanted = workflow.local_exec and not workflow.dryrun and workflow.is_main_process
+    executing = workflow.executor_plugin is not None  # not --report, --summary, ...
+    wanted = executing and workflow.local_exec and not workflow.dryrun
+    wanted = wanted and workflow.is_main_process
     if wanted and "handle" not in POOL:
         POOL["handle"] = pool.start(
             workflow.cores, config["calculator"], "logs/pool.log"
