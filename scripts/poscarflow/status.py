@@ -17,8 +17,10 @@ from poscarflow.progress import Calc, calc_states
 from poscarflow.why import Staleness, unknown_ids
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from poscarflow.plan import Plan
-    from poscarflow.records import Summary
+    from poscarflow.records import Step, Summary
 
 ORDER = ("failed", "running", "interrupted", "stale", "pending", "unconverged", "done")
 
@@ -55,8 +57,23 @@ def step_state(calc: Calc, summary: Summary | None, stale: list[str] | None = No
     return info
 
 
-def status(plan: Plan, results: str = "results", ids: list[str] | None = None) -> list[dict]:
+def status(
+    plan: Plan, results: str = "results", ids: list[str] | None = None, *,
+    states: Mapping[str, Mapping[Step, Calc]] | None = None,
+) -> list[dict]:  # fmt: skip
     """One row per structure: overall state and each step's state.
+
+    Parameters
+    ----------
+    plan
+        The plan of the current config.
+    results
+        The results folder.
+    ids
+        Structure ids (default: all).
+    states
+        What `progress.calc_states` says of these ids, if the caller has it already (to
+        count progress from the same reading).
 
     Raises
     ------
@@ -68,7 +85,7 @@ def status(plan: Plan, results: str = "results", ids: list[str] | None = None) -
     layout, staleness, host = Layout(Path(results)), Staleness(plan, results), socket.gethostname()
     rows = []
     for sid in ids or list(plan.structures):
-        calcs = calc_states(layout, sid, host=host)
+        calcs = states[sid] if states is not None else calc_states(layout, sid, host=host)
         steps = {}
         for step in STEPS:
             summary = read_json(layout.summary(sid, step))
