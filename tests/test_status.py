@@ -151,6 +151,17 @@ def test_progress_of_a_finished_run_stops_the_clock(fake: FakeRun) -> None:
     assert progress_line(p) == ("relax 5/5 done · static 5/5 done · elapsed 0:00:15 · 40/min")
 
 
+def test_progress_clock_stops_when_nothing_runs(fake: FakeRun) -> None:
+    """Regression: after a reset (or a crash) left calculations pending, the elapsed
+    time grew with the clock as if the run went on."""
+    fake.finish("a", "relax", T0, seconds=3)
+    fake.finish("b", "relax", status="failed", failure="error", reason="boom")
+    shutil.rmtree(fake.layout.calc_dir("b", "relax"))
+    fake.record("b", "relax", "reset", T0 + timedelta(seconds=10))
+    p = progress(fake.layout, "ab", now=T0 + timedelta(minutes=5))
+    assert (p.relax.pending, p.elapsed, p.eta) == (1, timedelta(seconds=3), None)
+
+
 def test_progress_line() -> None:
     p = Progress(
         relax=StepProgress(done=45, running=2, failed=1, pending=52),

@@ -104,7 +104,8 @@ class Progress:
     started
         The run's first start record (or `since`); None before anything started.
     elapsed
-        From `started` to now, or to the last record once the run has stopped.
+        From `started` to now while a calculation runs (or, with `since`, while any is
+        left), else to the run's last record.
     finished
         Calculations (both steps) that finished since `started`.
     rate
@@ -255,11 +256,10 @@ def summarise(
     relax, static = (StepProgress(**counts[step]) for step in STEPS)
     remaining = relax.remaining + static.remaining
     started, last = _last_run(spans, idle_gap)
-    running = relax.running + static.running > 0
     if since is not None:  # the caller's run is going while anything is left
         started, going = since, remaining > 0
-    else:
-        going = running or (remaining > 0 and now - last <= idle_gap)
+    else:  # from the files alone: the clock runs while a calculation does
+        going = relax.running + static.running > 0
     if started is None:
         return Progress(relax, static)
     elapsed = max((now if going else last) - started, timedelta(0))
