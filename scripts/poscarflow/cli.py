@@ -224,8 +224,8 @@ def _watch(plan: Plan, results: str, ids: list[str], seconds: float) -> None:
 
 
 def _frame(plan: Plan, results: str, ids: list[str], size: tuple[int, int]) -> RenderableType:
-    """One screen: the rows most in need of attention (failed, running first) as fit,
-    the counts per step, and the progress line."""
+    """One screen: the rows most in need of attention (failed, running first), as many
+    as fit, with reasons cut to the width; then the progress."""
     import socket
 
     from rich.console import Group
