@@ -81,7 +81,7 @@ def test_request_file_holds_every_parameter_and_its_name_their_hash(
 def running_pool(tmp_path: Path, monkeypatch):
     """A pool of 2 processes for EMT, as a local run's onstart starts it."""
     monkeypatch.chdir(tmp_path)
-    handle = pool.start(2, "emt", tmp_path / "pool.log")
+    handle = pool.start(2, "emt", tmp_path / "pool.log", tmp_path / "no-run.json")
     yield handle
     pool.stop(handle)
 
@@ -182,7 +182,7 @@ def test_pool_follows_its_snakemake_when_it_is_killed(tmp_path: Path, monkeypatc
     ready = multiprocessing.get_context("fork").Queue()
 
     def snakemake_stand_in() -> None:  # starts the pool, runs a job through it
-        handle = pool.start(2, "emt", tmp_path / "pool.log")
+        handle = pool.start(2, "emt", tmp_path / "pool.log", tmp_path / "no-run.json")
         ready.put(handle.process.pid)
         run(str(request), "logs/relax.log", job_code("emt")["digest"])
 

@@ -294,3 +294,23 @@ def test_quacc_settings_of_the_user_are_honoured_and_the_engine_neutralised(
 
     assert len(read_frames(relax / "opt.traj")) == workflow.summary(
         "Cu_2x1x1_rattled", "relax")["opt_steps"] + 1  # fmt: skip
+
+
+def test_progress_lines_in_the_terminal_while_it_runs(workflow: Workflow) -> None:
+    """Regression: Snakemake sat at "0 of 7 steps" while a batch of 31 ran; now the pool
+    prints per-calculation counts every few seconds."""
+    import re
+
+    workflow.config["relax"]["fmax"] = 0.001
+    workflow.write_config()
+    for seed in range(16):
+        atoms = bulk("Al", cubic=True) * (2, 2, 2)
+        atoms.rattle(0.1, seed=seed)
+        write(workflow.structures / f"Al32_{seed}.vasp", atoms, format="vasp")
+    proc = workflow.run()
+    done = [int(n) for n in re.findall(r"poscarflow: relax (\d+)/16 done", proc.output)]
+    assert len(done) >= 3, proc.output[-3000:]
+    assert done == sorted(done)
+    assert 0 < done[1] < 16  # a count while the relaxes were running
+    assert done[-1] == 16
+    assert "static 16/16 done" in proc.output

@@ -93,16 +93,22 @@ class PoolHandle:
     key: str
 
 
-def start(processes: int, calculator: str, logfile: str | Path) -> PoolHandle:
-    """Start the server and announce it to this process's jobs through the environment."""
+def start(processes: int, calculator: str, logfile: str | Path, progress: Path) -> PoolHandle:
+    """Start the server and announce it to this process's jobs through the environment.
+
+    `progress` is a JSON file with the results folder and the run's structure ids: the
+    server prints a progress line for them to Snakemake's terminal every few seconds
+    (its log goes to `logfile`).
+    """
     address = f"poscarflow-{os.getpid()}-{secrets.token_hex(8)}"
     key = secrets.token_hex(32)
     Path(logfile).parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "poscarflow.pool", address, str(processes), calculator,
+               str(progress)]  # fmt: skip
     with open(logfile, "a") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "poscarflow.pool", address, str(processes), calculator],
-            env=os.environ | settings.ONE_THREAD | {settings.POOL_KEY: key},
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            command, env=os.environ | settings.ONE_THREAD | {settings.POOL_KEY: key},
+            stdin=subprocess.DEVNULL, stderr=out,
         )  # fmt: skip
     _wait_listening(process, address)
     os.environ[settings.POOL_ADDRESS] = address
@@ -275,10 +281,12 @@ def _handle(conn: Any, pool: SupervisedPool) -> None:
                 conn.send({"lost": {}, "error": f"{type(err).__name__}: {err}"})
 
 
-def _exit(pool: SupervisedPool, status: int = 0) -> None:
-    """Log the pool's peak memory, kill its processes, exit."""
+def _exit(pool: SupervisedPool, status: int = 0, progress: _Progress | None = None) -> None:
+    """Print the last progress line, log the pool's peak memory, kill its processes, exit."""
     import resource
 
+    if progress is not None:
+        progress.tick()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     log.info("peak memory: server %.0f MB, largest pool process %.0f MB", own,
              max((_peak_mb(p.process.pid) for p in pool.procs), default=0))  # fmt: skip
@@ -303,7 +311,47 @@ def _exit_with(parent: int, pool: SupervisedPool) -> None:
     _exit(pool, 1)
 
 
-def serve(address: str, processes: int, calculator: str) -> None:
+class _Progress:
+    """Progress lines for Snakemake's terminal: printed when they change, at most every
+    5 s (less often when counting takes long: 10,000 structures take about a second),
+    and once more when the pool stops."""
+
+    def __init__(self, run: Path) -> None:
+        from datetime import UTC, datetime
+
+        from poscarflow.files import read_json
+        from poscarflow.layout import Layout
+
+        info = read_json(run) or {}
+        self.layout = Layout(Path(info.get("results", "results")))
+        self.ids: list[str] = info.get("ids", [])
+        self.started = datetime.now(UTC)
+        self.last = ""
+        self.lock = threading.Lock()
+
+    def tick(self) -> None:
+        """Print the current line if it changed."""
+        from poscarflow.progress import progress, progress_line
+
+        with self.lock:
+            try:
+                line = progress_line(progress(self.layout, self.ids, since=self.started))
+            except Exception:  # a half-written file: try again next time
+                log.exception("progress not counted")
+                return
+            if line != self.last:
+                print(f"poscarflow: {line}", flush=True)
+                self.last = line
+
+    def run(self) -> None:
+        """Tick forever (a daemon thread)."""
+        while True:
+            begin = time.time()
+            self.tick()
+            time.sleep(max(5.0, 10 * (time.time() - begin)))
+
+
+def serve(address: str, processes: int, calculator: str, progress: str | None = None) -> None:
     """Listen first (jobs may connect while quacc imports), then start the pool."""
     from poscarflow.calculators import get_calculator
 
@@ -314,8 +362,11 @@ def serve(address: str, processes: int, calculator: str) -> None:
     listener = Listener("\0" + address, "AF_UNIX", authkey=os.environ[settings.POOL_KEY].encode())
     started = time.time()
     pool = SupervisedPool(processes, [*PRELOAD, get_calculator(calculator).module])
-    signal.signal(signal.SIGTERM, lambda *_: _exit(pool))
+    reporter = _Progress(Path(progress)) if progress else None
+    signal.signal(signal.SIGTERM, lambda *_: _exit(pool, 0, reporter))
     threading.Thread(target=_exit_with, args=(parent, pool), daemon=True).start()
+    if reporter is not None:
+        threading.Thread(target=reporter.run, daemon=True).start()
     log.info("%d processes starting (%.1f s)", processes, time.time() - started)
     uid = os.getuid()
     for _ in itertools.count():
@@ -334,4 +385,4 @@ def serve(address: str, processes: int, calculator: str) -> None:
 if __name__ == "__main__":  # the pool's functions must pickle as poscarflow.pool's
     from poscarflow import pool  # noqa: PLW0406
 
-    pool.serve(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    pool.serve(sys.argv[1], int(sys.argv[2]), sys.argv[3], *sys.argv[4:])

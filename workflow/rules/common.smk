@@ -124,7 +124,10 @@ def start_pool():
     wanted = wanted and workflow.is_main_process
     if wanted and "handle" not in POOL:
         POOL["handle"] = pool.start(
-            workflow.cores, config["calculator"], "logs/pool.log"
+            workflow.cores,
+            config["calculator"],
+            "logs/pool.log",
+            PLAN.run_file(),
         )
 
 
