@@ -25,7 +25,7 @@ rule all:
 
 
 onstart:
-    start_pool()
+    pool_if_needed()
 
 
 onsuccess:

@@ -21,6 +21,7 @@ from poscarflow.files import atomic_path, write_frames
 from poscarflow.layout import FINAL, PATH, RESULT, TRAJECTORY
 from poscarflow.records import Summary, new_summary, now
 from poscarflow.resume import Continuation, WallTimeReached, deadline
+from poscarflow.settings import user_quacc_settings
 from poscarflow.structures import BadInput, StructureFile, read_structure, structure_hash
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ logger = logging.getLogger("poscarflow")
 # folder of quacc's own, and an unconverged relax is recorded, not raised.
 # QUACC_WORKFLOW_ENGINE is neutralised before quacc is imported (settings.py).
 FORCED_SETTINGS = {"CREATE_UNIQUE_DIR": False, "CHECK_CONVERGENCE": False}
+# Defaults of ours that a user's own choice overrides: files uncompressed, so that
+# `opt.traj` reads as it is (quacc's own default gzips them).
+DEFAULT_SETTINGS = {"GZIP_FILES": False}
 # A Γ-point-only method needs a cell this wide (Å) in every periodic direction before
 # its energies mean what they would in the crystal.
 GAMMA_ONLY_MIN_WIDTH = 10.0
@@ -153,7 +157,10 @@ def _run_quacc(recipe: Callable, step: Step, spec: CalcSpec, atoms: Atoms, workd
         kwargs = calculator.relax_kwargs(params, workdir)
     else:
         kwargs = dict(params.get("calc_kwargs", {}))
-    settings = FORCED_SETTINGS | {"RESULTS_DIR": workdir.resolve()} | calculator.quacc_settings()
+    chosen = user_quacc_settings()
+    defaults = {k: v for k, v in DEFAULT_SETTINGS.items() if k not in chosen}
+    settings = defaults | FORCED_SETTINGS | {"RESULTS_DIR": workdir.resolve()}
+    settings |= calculator.quacc_settings()
     with change_settings(settings):
         result = recipe(atoms, **kwargs)
     converged = result.get("converged", True)

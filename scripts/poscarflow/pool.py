@@ -67,11 +67,7 @@ class PoolError(RuntimeError):
 def submit(request: Request, address: tuple[str, bytes]) -> dict[str, str]:
     """Have the pool run a batch request; return what it could not finish (see
     batch.run_batch)."""
-    name, key = address
-    try:
-        conn = Client("\0" + name, "AF_UNIX", authkey=key)
-    except OSError as err:
-        raise PoolError(f"this run's pool does not answer ({err}); is its Snakemake gone?") from err
+    conn = _connect(*address)
     with conn:
         conn.send(request)
         try:
@@ -81,6 +77,21 @@ def submit(request: Request, address: tuple[str, bytes]) -> dict[str, str]:
     if reply["error"]:
         raise PoolError(reply["error"])
     return reply["lost"]
+
+
+def _connect(name: str, key: bytes, wait: float = 60) -> Any:
+    """A connection to the pool; a pool that is still starting is waited for."""
+    deadline = time.time() + wait
+    while True:
+        try:
+            return Client("\0" + name, "AF_UNIX", authkey=key)
+        except ConnectionRefusedError as err:  # not listening yet, or gone
+            if time.time() > deadline:
+                raise PoolError(f"this run's pool does not answer ({err}); is its Snakemake "
+                                "gone?") from err  # fmt: skip
+            time.sleep(0.05)
+        except OSError as err:
+            raise PoolError(f"this run's pool does not answer ({err})") from err
 
 
 # Snakemake's side: start and stop the server.
@@ -110,20 +121,9 @@ def start(processes: int, calculator: str, logfile: str | Path, progress: Path) 
             command, env=os.environ | settings.ONE_THREAD | {settings.POOL_KEY: key},
             stdin=subprocess.DEVNULL, stderr=out,
         )  # fmt: skip
-    _wait_listening(process, address)
     os.environ[settings.POOL_ADDRESS] = address
     os.environ[settings.POOL_KEY] = key
     return PoolHandle(process, address, key)
-
-
-def _wait_listening(process: subprocess.Popen, address: str, timeout: float = 60) -> None:
-    """Wait until the server listens (its abstract socket is in /proc/net/unix)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
-        if f"@{address}" in Path("/proc/net/unix").read_text():
-            return
-        time.sleep(0.02)
-    raise PoolError(f"the pool did not start (exit {process.poll()}); see its log")
 
 
 def stop(handle: PoolHandle | None) -> None:

@@ -1,10 +1,9 @@
 localrules:
     collect,
     check,
-    plots,
-    database,
 
 
+# Table, relaxed structures, database and plots in one process (see poscarflow.finish).
 rule collect:
     input:
         manifests("relax"),
@@ -17,41 +16,13 @@ rule collect:
         ),
         table_json=str(LAYOUT.table_json),
         table_html=report(
-            f"{RESULTS}/summary.html",
+            str(LAYOUT.table_html),
             caption="../report/summary_html.rst",
             category="Results",
         ),
-        overview=f"{RESULTS}/overview.rst",
+        overview=str(LAYOUT.overview),
         extxyz=str(LAYOUT.relaxed),
-    log:
-        "logs/collect.log",
-    retries: 0
-    conda:
-        "../envs/poscarflow.yaml"
-    params:
-        ids=list(PLAN.structures),
-    script:
-        "../../scripts/collect.py"
-
-
-rule check:
-    input:
-        str(LAYOUT.table_json),
-    output:
-        str(LAYOUT.complete),
-    log:
-        "logs/check.log",
-    retries: 0
-    conda:
-        "../envs/poscarflow.yaml"
-    script:
-        "../../scripts/check.py"
-
-
-rule plots:
-    input:
-        str(LAYOUT.table_json),
-    output:
+        database=str(LAYOUT.database),
         energies=report(
             str(LAYOUT.plot("energy_per_atom")),
             caption="../report/energy_per_atom.rst",
@@ -68,23 +39,26 @@ rule plots:
             category="Plots",
         ),
     log:
-        "logs/plots.log",
+        "logs/collect.log",
     retries: 0
     conda:
         "../envs/poscarflow.yaml"
-    script:
-        "../../scripts/plots.py"
+    params:
+        ids=structure_ids_digest,
+        run=run_file,
+    shell:
+        "python -m poscarflow.finish {params.run:q} {log:q}"
 
 
-rule database:
+rule check:
     input:
         str(LAYOUT.table_json),
     output:
-        str(LAYOUT.database),
+        str(LAYOUT.complete),
     log:
-        "logs/database.log",
+        "logs/check.log",
     retries: 0
     conda:
         "../envs/poscarflow.yaml"
-    script:
-        "../../scripts/database.py"
+    shell:
+        "python -m poscarflow.finish --check {input:q} {output:q} {log:q}"

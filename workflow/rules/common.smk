@@ -3,7 +3,7 @@ import re
 from pathlib import Path
 
 from poscarflow import pool
-from poscarflow.fingerprint import job_code
+from poscarflow.fingerprint import digest, job_code
 from poscarflow.history import failures, read_history
 from poscarflow.layout import PLOTS, Layout
 from poscarflow.plan import Plan
@@ -80,6 +80,17 @@ def escalating(base, failure):
     return resource
 
 
+def structure_ids_digest(wildcards):
+    """A hash of the run's structure ids: the collect job's params trigger."""
+    return digest(list(PLAN.structures))
+
+
+def run_file(wildcards):
+    """The run file (results folder and structure ids), a Path: the params trigger
+    ignores it and sees `structure_ids_digest`."""
+    return PLAN.run_file()
+
+
 def manifests(step):
     """Every batch manifest of one step."""
     return [str(LAYOUT.manifest(step, batch)) for batch in PLAN.batches]
@@ -129,6 +140,15 @@ def start_pool():
             "logs/pool.log",
             PLAN.run_file(),
         )
+
+
+def pool_if_needed():
+    """At `onstart`, when the DAG is known: keep (or start) the pool only if a relax or
+    static job will run; a run that only remakes the table does not need it."""
+    if {job.rule.name for job in workflow.dag.needrun_jobs()} & {"relax", "static"}:
+        start_pool()
+    else:
+        stop_pool()
 
 
 def stop_pool():
