@@ -1,0 +1,362 @@
+"""VASP's whole path, with a stand-in for the VASP executable (tests/fake_vasp.py).
+
+quacc writes VASP's inputs, custodian runs "VASP" (the stand-in, through quacc's
+VASP_CMD setting) with quacc's handlers and validators, ASE and pymatgen read its files
+back, and poscarflow's restart loop continues what a kill, a deadline or custodian ended.
+The stand-in's own fidelity is checked first, with the parsers the pipeline uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from poscarflow.history import read_history
+from poscarflow.plan import Plan
+from tests.conftest import REPO, example_config, run_step
+
+FAKE = Path(__file__).resolve().with_name("fake_vasp.py")
+SID = "Cu8"
+MAX_STEPS = 60
+# A fake POTCAR that pymatgen parses (custodian reads every input file, POTCAR included);
+# its numbers are made up, so pymatgen warns that it does not know it.
+POTCAR = """  PAW_PBE {el} 05Jan2001
+  11.0000000000000
+ parameters from PSCTR are:
+   VRHFIN ={el}: d10 p1
+   LEXCH  = PE
+   TITEL  = PAW_PBE {el} 05Jan2001
+   POMASS =   63.546; ZVAL   =   11.000    mass and valenz
+   ENMAX  =  295.446; ENMIN  =  221.585 eV
+ END of PSCTR-controll parameters
+ local part
+   0.100000000000E+01  0.200000000000E+01  0.300000000000E+01
+ End of Dataset
+"""
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pymatgen on fake POTCARs
+
+
+def _vasp_env(mp: pytest.MonkeyPatch, root: Path) -> Path:
+    """quacc runs the stand-in as VASP, with fake POTCARs; the stand-in's ledger path."""
+    for name in list(os.environ):
+        if name.startswith(("QUACC_", "POSCARFLOW_", "FAKE_VASP_")):
+            mp.delenv(name)
+    mp.setenv("CUSTODIAN_WALLTIME_START", "")  # custodian sets it in this process:
+    mp.delenv("CUSTODIAN_WALLTIME_START")  # gone again after the test
+    (root / "quacc.yaml").write_text("")
+    pp = root / "pp"
+    (pp / "potpaw_PBE.64" / "Cu").mkdir(parents=True)
+    (pp / "potpaw_PBE.64" / "Cu" / "POTCAR").write_text(POTCAR.format(el="Cu"))
+    ledger = root / "ledger.jsonl"
+    mp.setenv("QUACC_CONFIG_FILE", str(root / "quacc.yaml"))
+    mp.setenv("VASP_PP_PATH", str(pp))
+    mp.setenv("QUACC_VASP_PP_PATH", str(pp))
+    mp.setenv("QUACC_VASP_CMD", f"{sys.executable} {FAKE}")
+    mp.setenv("FAKE_VASP_LEDGER", str(ledger))
+    mp.chdir(root)
+    return ledger
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder where quacc's VASP is the stand-in; the file its ionic steps go to."""
+    return _vasp_env(monkeypatch, tmp_path)
+
+
+def relax(policy: dict[str, int] | None = None, step: str = "relax") -> dict:
+    """Relax (or compute the static of) a rattled Cu8 cell with VASP, in this folder,
+    through the job code (as a SLURM job does); return the step's summary."""
+    from ase.build import bulk
+    from ase.io import write
+
+    if not Path("structures", f"{SID}.vasp").exists():
+        atoms = bulk("Cu", cubic=True) * (2, 1, 1)
+        atoms.rattle(0.1, seed=3)
+        Path("structures").mkdir(exist_ok=True)
+        write(f"structures/{SID}.vasp", atoms, format="vasp")
+    settings = {"fmax": 0.02, "max_steps": MAX_STEPS, "relax_cell": True}
+    config = example_config(structures="structures", calculator="vasp",
+                            relax=example_config()["relax"] | settings)  # fmt: skip
+    run_step(Plan(config, Path(".h.json").resolve()), step, policy=policy or {})
+    return json.loads(Path(f"results/calcs/{SID}/{step}/summary.json").read_text())
+
+
+def _steps(ledger: Path) -> list[dict]:
+    """The ionic steps the stand-in computed, in order (every run)."""
+    lines = [json.loads(line) for line in ledger.read_text().splitlines()]
+    return [r for r in lines if "step" in r]
+
+
+def _history(step: str = "relax") -> list[dict]:
+    return read_history(Path(f"results/calcs/{SID}/history.jsonl"), step)
+
+
+def _final() -> object:
+    from ase.io import read
+
+    return read(f"results/calcs/{SID}/relax/final.extxyz")
+
+
+def _path() -> list:
+    from poscarflow.resume import read_frames
+
+    return read_frames(Path(f"results/calcs/{SID}/relax/opt.traj"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An uninterrupted VASP relax: its summary, final structure, path and ionic steps."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    with pytest.MonkeyPatch.context() as mp:
+        ledger = _vasp_env(mp, root)
+        summary = relax()
+        return {"summary": summary, "final": _final(), "path": _path(), "steps": _steps(ledger)}
+
+
+def _same_structure(a, b, tol: float = 1e-6) -> None:
+    assert np.abs(a.cell.array - b.cell.array).max() < tol
+    assert np.abs(a.positions - b.positions).max() < tol
+
+
+def _killed_job(after: int, **env: str) -> subprocess.CompletedProcess:
+    """Relax in a job process that the stand-in kills (SIGKILL, with itself) after
+    `after` ionic steps, as SLURM's time limit, a lost node or the OOM killer do."""
+    env = os.environ | env | {"FAKE_VASP_STOP_AFTER": str(after), "FAKE_VASP_STOP": "kill-job",
+                              "PYTHONPATH": os.pathsep.join([str(REPO / "scripts"), str(REPO)])}  # fmt: skip
+    code = "from tests.test_vasp_standin import relax; relax()"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          start_new_session=True, timeout=300, check=False)  # fmt: skip
+
+
+# The stand-in: VASP's files, read by the parsers the pipeline uses ------------------------
+
+
+def test_stand_in_writes_files_that_ase_pymatgen_and_emmet_read(tmp_path, monkeypatch) -> None:
+    """One stand-in run on quacc's inputs; every reader agrees with EMT and with the
+    others (ASE's Vasp calculator reads vasprun.xml and OUTCAR as quacc's runs do)."""
+    import ase.io
+    from ase.calculators.emt import EMT
+    from emmet.core.tasks import TaskDoc
+    from pymatgen.io.vasp import Oszicar, Outcar, Poscar, Vasprun
+
+    run = _stand_in_inputs(tmp_path, monkeypatch)
+    proc = subprocess.run([sys.executable, str(FAKE)], cwd=run, capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    vasprun = Vasprun(run / "vasprun.xml")
+    n = len(vasprun.ionic_steps)
+    assert 3 < n < 40 and vasprun.converged and vasprun.converged_ionic
+    assert len(Oszicar(run / "OSZICAR").ionic_steps) == n
+    outcar = Outcar(run / "OUTCAR")
+    assert outcar.final_energy == pytest.approx(vasprun.final_energy, abs=1e-6)
+    assert outcar.run_stats["Elapsed time (sec)"] >= 0
+    frames = {name: ase.io.read(run / name, ":") for name in ("vasprun.xml", "OUTCAR", "XDATCAR")}
+    assert {len(f) for f in frames.values()} == {n}
+    for xml, out, xdat in zip(*frames.values(), strict=True):
+        assert np.abs(xml.positions - out.positions).max() < 1e-4
+        assert np.abs(xml.positions - xdat.positions).max() < 1e-5
+        assert np.abs(xml.get_forces() - out.get_forces()).max() < 1e-5
+        emt = xml.copy()
+        emt.calc = EMT()  # the stand-in's numbers are EMT's (energy shifted per atom)
+        assert np.abs(emt.get_forces() - xml.get_forces()).max() < 1e-6
+        assert np.abs(emt.get_stress() - xml.get_stress()).max() < 1e-6
+    assert "reached required accuracy" in (run / "OUTCAR").read_text()
+    contcar = Poscar.from_file(run / "CONTCAR").structure
+    assert np.abs(contcar.cart_coords - frames["vasprun.xml"][-1].positions).max() < 1e-6
+    doc = TaskDoc.from_directory(run)  # quacc's VASP summary parses the folder with emmet
+    assert doc.state == "successful"
+    assert len(doc.calcs_reversed[0].output.ionic_steps) == n
+
+
+def test_a_killed_run_leaves_whole_ionic_steps_and_a_contcar_to_go_on_from(
+    tmp_path, monkeypatch
+) -> None:
+    """What the pipeline reads from a killed VASP: its whole steps, CONTCAR (the next
+    geometry), or the last whole step when CONTCAR is cut."""
+    from poscarflow.vasp_files import ionic_path, restart_geometry
+
+    run = _stand_in_inputs(tmp_path, monkeypatch)
+    env = os.environ | {"FAKE_VASP_STOP_AFTER": "3", "FAKE_VASP_STOP": "kill"}
+    proc = subprocess.run([sys.executable, str(FAKE)], cwd=run, env=env, check=False)
+    assert proc.returncode == -9  # killed, not finished: vasprun.xml is not closed
+    assert not (run / "vasprun.xml").read_text().rstrip().endswith("</modeling>")
+    path = ionic_path(tmp_path)
+    assert len(path) == 1 + 3 and all(f.calc is not None for f in path[1:])
+    contcar = restart_geometry(tmp_path)
+    assert np.abs(contcar.positions - path[-1].positions).max() > 1e-4  # the next step
+    (run / "vasprun.xml").write_text((run / "vasprun.xml").read_text()[:-300])  # cut
+    (run / "CONTCAR").write_text((run / "CONTCAR").read_text()[:400])  # cut in a position
+    cut = ionic_path(tmp_path)
+    assert len(cut) == 1 + 3 or len(cut) == 1 + 2
+    assert np.abs(restart_geometry(tmp_path).positions - cut[-1].positions).max() < 1e-9
+
+
+def _stand_in_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A run folder with quacc's VASP inputs for the Cu8 relax (quacc writes them with
+    VASP_CMD=/bin/true); the stand-in then runs there as custodian runs VASP."""
+    from ase.build import bulk
+    from quacc import change_settings
+    from quacc.recipes.vasp.core import relax_job
+
+    _vasp_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("QUACC_VASP_CMD", "/bin/true")
+    atoms = bulk("Cu", cubic=True) * (2, 1, 1)
+    atoms.rattle(0.1, seed=3)
+    with change_settings({"RESULTS_DIR": tmp_path, "CREATE_UNIQUE_DIR": False,
+                          "GZIP_FILES": False, "VASP_USE_CUSTODIAN": False}):  # fmt: skip
+        try:
+            relax_job(atoms, relax_cell=True, nsw=MAX_STEPS, ediffg=-0.02)
+        except Exception:  # /bin/true wrote no output: the inputs stay in failed-quacc-*
+            pass
+    (run,) = tmp_path.glob("failed-quacc-*")
+    for name in ("custodian.json", "vasp.out", "vasprun.xml", "OUTCAR"):
+        (run / name).unlink(missing_ok=True)
+    return run
+
+
+# The pipeline: kills, custodian, deadlines -------------------------------------------------
+
+
+@pytest.mark.slow
+def test_killed_relax_continues_from_its_last_ionic_step(ledger, reference) -> None:
+    proc = _killed_job(after=4)
+    assert proc.returncode == -9, proc.stdout + proc.stderr
+    assert [r["event"] for r in _history()] == ["start"]  # the job died mid-attempt
+    summary = relax()
+    assert (summary["status"], summary["attempts"]) == ("done", 2)
+    starts = [r for r in _history() if r["event"] == "start"]
+    assert [r["continued_from"] for r in starts] == [0, 4]
+    (end,) = [r for r in _history() if r["event"] == "end" and r["attempt"] == 1]
+    assert (end["failure"], end["restarted"]) == ("interrupted", True)
+    # Ends where an uninterrupted relax ends, with as many ionic steps, none repeated.
+    _same_structure(_final(), reference["final"])
+    assert summary["opt_steps"] == reference["summary"]["opt_steps"] == len(reference["steps"])
+    steps = _steps(ledger)
+    assert [s["run"] for s in steps].count(1) == 4 and len(steps) == len(reference["steps"])
+    for ours, theirs in zip(steps, reference["steps"], strict=True):
+        assert np.abs(np.subtract(ours["positions"], theirs["positions"])).max() < 1e-6
+    path = _path()  # the whole ionic path of both attempts, from the input on
+    assert len(path) == len(reference["path"]) == summary["opt_steps"] + 1
+    for ours, theirs in zip(path, reference["path"], strict=True):
+        _same_structure(ours, theirs)
+    # The static runs on the final structure of the continued relax.
+    static = relax(step="static")
+    assert static["status"] == "done"
+    (computed,) = [s for s in _steps(ledger) if s["run"] == 3]
+    assert np.abs(np.subtract(computed["positions"], _final().positions)).max() < 1e-9
+
+
+@pytest.mark.slow
+def test_relax_continues_from_the_last_whole_step_when_contcar_is_cut(ledger, reference) -> None:
+    proc = _killed_job(after=4, FAKE_VASP_CUT="CONTCAR")
+    assert proc.returncode == -9, proc.stdout + proc.stderr
+    summary = relax()
+    assert (summary["status"], summary["attempts"]) == ("done", 2)
+    starts = [r for r in _history() if r["event"] == "start"]
+    assert [r["continued_from"] for r in starts] == [0, 4]
+    _same_structure(_final(), reference["final"])
+    steps = _steps(ledger)  # step 4 is computed again (the restart point), nothing else
+    first_again = next(s for s in steps if s["run"] == 2)
+    assert np.abs(np.subtract(first_again["positions"], steps[3]["positions"])).max() < 1e-9
+    assert len(steps) == len(reference["steps"]) + 1 == summary["opt_steps"]
+
+
+@pytest.mark.slow
+def test_custodian_fixes_a_vasp_error_inside_the_job_and_the_history_says_how(
+    ledger, reference, monkeypatch
+) -> None:
+    monkeypatch.setenv("FAKE_VASP_ERROR", "ZBRENT: fatal error in bracketing")
+    monkeypatch.setenv("FAKE_VASP_ERROR_AT", "3")
+    summary = relax()
+    assert (summary["status"], summary["attempts"]) == ("done", 1)
+    (end,) = [r for r in _history() if r["event"] == "end"]
+    (fix,) = end["corrections"]
+    assert (fix["handler"], fix["errors"]) == ("VaspErrorHandler", ["zbrent"])
+    changed = {k: v for a in fix["actions"] if a.get("dict") == "INCAR"
+               for k, v in a["action"]["_set"].items()}  # fmt: skip
+    assert changed == {"EDIFF": 1e-6, "NELMIN": 8, "IBRION": 1}
+    assert {"file": "CONTCAR", "action": {"_file_copy": {"dest": "POSCAR"}}} in fix["actions"]
+    assert summary["corrections"] == end["corrections"]
+    incar = Path(f"results/calcs/{SID}/relax/INCAR").read_text()
+    assert "IBRION = 1" in incar  # VASP's second run had custodian's INCAR
+    # Custodian's rerun went on from CONTCAR: the path goes through both runs, unbroken.
+    assert [s["run"] for s in _steps(ledger)].count(1) == 3
+    assert summary["opt_steps"] == reference["summary"]["opt_steps"]
+    _same_structure(_final(), reference["final"])
+
+
+@pytest.mark.slow
+def test_custodian_giving_up_is_a_failure_class_the_policy_governs(
+    ledger, reference, monkeypatch
+) -> None:
+    monkeypatch.setenv("FAKE_VASP_ERROR", "ZBRENT: fatal error in bracketing")
+    monkeypatch.setenv("FAKE_VASP_ERROR_AT", "3")
+    monkeypatch.setenv("QUACC_VASP_CUSTODIAN_MAX_ERRORS", "1")  # the user's quacc setting
+    failed = relax()
+    assert (failed["status"], failed["failure"], failed["attempts"]) == ("failed", "custodian", 1)
+    assert "custodian gave up: MaxCorrectionsError: Max errors reached: 1." in failed["reason"]
+    assert "VaspErrorHandler (zbrent)" in failed["reason"]
+    (end,) = [r for r in _history() if r["event"] == "end"]
+    assert (end["failure"], end["rule"], end["restarted"]) == ("custodian", None, False)
+    assert end["corrections"][0]["handler"] == "VaspErrorHandler"
+    # A pattern on custodian's message allows a restart: it continues from the CONTCAR of
+    # the attempt custodian gave up on, with the ionic steps left.
+    import shutil
+
+    shutil.rmtree("results")
+    ledger.unlink()
+    done = relax({"zbrent": 1})
+    assert (done["status"], done["attempts"]) == ("done", 2)
+    first, second = (r for r in _history() if r["event"] == "end")
+    assert (first["failure"], first["rule"], first["restarted"]) == ("custodian", "zbrent", True)
+    assert [r["continued_from"] for r in _history() if r["event"] == "start"] == [0, 3]
+    assert second["status"] == "done"
+    assert f"NSW = {MAX_STEPS - 3}" in Path(f"results/calcs/{SID}/relax/INCAR").read_text()
+    assert done["opt_steps"] == reference["summary"]["opt_steps"]
+    _same_structure(_final(), reference["final"])
+
+
+@pytest.mark.slow
+def test_relax_stopped_by_custodian_before_the_deadline_continues(
+    ledger, reference, monkeypatch
+) -> None:
+    """The job's deadline reaches custodian as its wall time; its WalltimeHandler writes
+    a STOPCAR, VASP stops after the ionic step, and the next job continues. Custodian
+    looks every 100 s by default: this test alone makes it look every 0.1 s."""
+    import custodian.custodian
+
+    from poscarflow.resume import WallTimeReached, deadline
+    from poscarflow.settings import DEADLINE
+
+    init = custodian.custodian.Custodian.__init__
+
+    def quick(self, *args, **kwargs) -> None:
+        init(self, *args, **(kwargs | {"polling_time_step": 0.1, "monitor_freq": 1}))
+
+    monkeypatch.setattr(custodian.custodian.Custodian, "__init__", quick)
+    monkeypatch.setenv("FAKE_VASP_SLEEP", "0.5")  # a slow VASP: the STOPCAR comes mid-run
+    monkeypatch.setenv(DEADLINE, str(time.time() + 30))
+    deadline.cache_clear()
+    try:
+        with pytest.raises(WallTimeReached, match="custodian's wall-time handler"):
+            relax({"class:timeout": 1})
+    finally:
+        monkeypatch.delenv(DEADLINE)
+        deadline.cache_clear()
+    (end,) = [r for r in _history() if r["event"] == "end"]
+    assert (end["failure"], end["restarted"]) == ("timeout", True)
+    done_before = len(_steps(ledger))
+    assert 0 < done_before < len(reference["steps"])
+    monkeypatch.delenv("FAKE_VASP_SLEEP")
+    summary = relax({"class:timeout": 1})
+    assert (summary["status"], summary["attempts"]) == ("done", 2)
+    assert [r["continued_from"] for r in _history() if r["event"] == "start"] == [0, done_before]
+    assert summary["opt_steps"] == reference["summary"]["opt_steps"]
+    _same_structure(_final(), reference["final"])
