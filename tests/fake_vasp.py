@@ -83,8 +83,15 @@ def main() -> int:
     previous = None
     for step in range(1, nsw + 1):
         energy, forces, stress = _evaluate(atoms)
-        _ledger({"run": run, "step": step, "positions": atoms.positions.tolist(),
-                 "cell": atoms.cell.array.tolist(), "energy": energy})  # fmt: skip
+        _ledger(
+            {
+                "run": run,
+                "step": step,
+                "positions": atoms.positions.tolist(),
+                "cell": atoms.cell.array.tolist(),
+                "energy": energy,
+            }
+        )
         converged = moves and _converged(incar, energy, previous, forces)
         last = converged or step == nsw or _stopcar()
         out.ionic_step(step, atoms, energy, forces, stress, last=last)
@@ -221,8 +228,9 @@ class Output:
         self.counts = [self.symbols.count(s) for s in self.species]
         self.potcars = _potcar_titles()
         self.zval = _potcar_zvals()
-        self.nelect = float(sum(self.zval.get(s, 1.0) * n for s, n in zip(self.species, self.counts,
-                                                                          strict=True)))  # fmt: skip
+        self.nelect = float(
+            sum(self.zval.get(s, 1.0) * n for s, n in zip(self.species, self.counts, strict=True))
+        )
         self.ispin = int(incar.get("ISPIN", 1))
         self.nbands = int(incar.get("NBANDS", max(8, math.ceil(self.nelect / 2 * 1.2))))
         self.kpoints = _kpoints(atoms)
@@ -237,24 +245,30 @@ class Output:
         Path("XDATCAR").write_text("")
         Path("OUTCAR").write_text(self._outcar_header(atoms))
         Path("vasprun.xml").write_text(self._vasprun_header(atoms))
-        print(f" running on    1 total cores\n vasp.{VERSION} (stand-in: tests/fake_vasp.py)\n"
-              f" POSCAR found :  {len(self.species)} types and {self.natoms} ions",
-              flush=True)  # fmt: skip
+        print(
+            f" running on    1 total cores\n vasp.{VERSION} (stand-in: tests/fake_vasp.py)\n"
+            f" POSCAR found :  {len(self.species)} types and {self.natoms} ions",
+            flush=True,
+        )
 
     # per ionic step
     def ionic_step(self, step: int, atoms, energy: float, forces, stress, *, last: bool) -> None:
         """Append one ionic step to OSZICAR, OUTCAR, vasp.out, vasprun.xml and XDATCAR."""
         scf = [energy + 10.0 ** (2 - i) * (-1) ** i for i in range(1, self.nelec)] + [energy]
         osz, out = [], []
-        header = ("       N       E                     dE             d eps       ncg     "
-                  "rms          rms(c)")  # fmt: skip
+        header = (
+            "       N       E                     dE             d eps       ncg     "
+            "rms          rms(c)"
+        )
         osz.append(header)
         previous = 0.0
         for i, e in enumerate(scf, start=1):
             de = e - previous
             previous = e
-            osz.append(f"DAV: {i:3d}    {e: .12E}   {de: .5E}   {-abs(de) / 10: .5E}   "
-                       f"{16 * self.natoms:5d}   {abs(de) ** 0.5 / 10: .3E}")  # fmt: skip
+            osz.append(
+                f"DAV: {i:3d}    {e: .12E}   {de: .5E}   {-abs(de) / 10: .5E}   "
+                f"{16 * self.natoms:5d}   {abs(de) ** 0.5 / 10: .3E}"
+            )
             out.append(self._outcar_scf(step, i, e, i == len(scf)))
         mag = "  mag=     0.0000" if self.ispin == 2 else ""
         delta = energy - getattr(self, "_last_energy", 0.0)
@@ -281,73 +295,102 @@ class Output:
 
     def error(self, message: str) -> None:
         """Print a VASP error message, as VASP does before it stops."""
-        text = f" {message}\n please rerun with smaller EDIFF, or copy CONTCAR\n to POSCAR and continue\n"
+        text = f" {message}\n please rerun with smaller EDIFF, or copy CONTCAR\n"
+        text += " to POSCAR and continue\n"
         print(text, flush=True)
         _append("OUTCAR", text)
 
     def finish(self, atoms, *, converged: bool) -> None:
         """Close the files the way VASP does at the end of a run."""
         if converged:
-            _append("OUTCAR", "\n reached required accuracy - stopping structural energy "
-                              "minimisation\n")  # fmt: skip
+            _append(
+                "OUTCAR", "\n reached required accuracy - stopping structural energy minimisation\n"
+            )
             print(" reached required accuracy - stopping structural energy minimisation")
         elapsed = time.time() - self.started
-        _append("OUTCAR", (
-            "\n\n General timing and accounting informations for this job:\n"
-            " ========================================================\n\n"
-            f"                  Total CPU time used (sec):{elapsed:15.3f}\n"
-            f"                            User time (sec):{elapsed:15.3f}\n"
-            "                          System time (sec):          0.000\n"
-            f"                         Elapsed time (sec):{elapsed:15.3f}\n\n"
-            "                   Maximum memory used (kb):       40000.\n"
-            "                   Average memory used (kb):          N/A\n\n"
-            "                          Minor page faults:            0\n"
-            "                          Major page faults:            0\n"
-            "                 Voluntary context switches:            0\n"
-        ))  # fmt: skip
+        _append(
+            "OUTCAR",
+            (
+                "\n\n General timing and accounting informations for this job:\n"
+                " ========================================================\n\n"
+                f"                  Total CPU time used (sec):{elapsed:15.3f}\n"
+                f"                            User time (sec):{elapsed:15.3f}\n"
+                "                          System time (sec):          0.000\n"
+                f"                         Elapsed time (sec):{elapsed:15.3f}\n\n"
+                "                   Maximum memory used (kb):       40000.\n"
+                "                   Average memory used (kb):          N/A\n\n"
+                "                          Minor page faults:            0\n"
+                "                          Major page faults:            0\n"
+                "                 Voluntary context switches:            0\n"
+            ),
+        )
         _append("vasprun.xml", _structure_xml(atoms, "finalpos", indent=1) + "</modeling>\n")
         sys.stdout.flush()
 
     # file pieces
     def _outcar_header(self, atoms) -> str:
-        lines = [f" vasp.{VERSION} 22Feb23 (build Jan 01 2024 00:00:00) complex   serial",
-                 " executed on             LinuxGNU date 2024.01.01  00:00:00",
-                 " running on    1 total cores", "", " INCAR:"]  # fmt: skip
+        lines = [
+            f" vasp.{VERSION} 22Feb23 (build Jan 01 2024 00:00:00) complex   serial",
+            " executed on             LinuxGNU date 2024.01.01  00:00:00",
+            " running on    1 total cores",
+            "",
+            " INCAR:",
+        ]
         potcars = [f" POTCAR:    {self.potcars.get(s, 'PAW_PBE ' + s)}" for s in self.species]
         lines += potcars  # VASP lists them twice: when it reads them, and in the header
         lines += [f"   {k} = {v}" for k, v in self.incar.items()]
         lines += ["", *potcars]
         nkpts, npw = len(self.kpoints), 1000 * self.natoms
-        lines += ["", "-" * 104, "", "", "", "",
-                  " Dimension of arrays:",
-                  f"   k-points           NKPTS = {nkpts:6d}   k-points in BZ     NKDIM = {nkpts:6d}"
-                  f"   number of bands    NBANDS= {self.nbands:6d}",
-                  f"   number of dos      NEDOS = {int(self.incar.get('NEDOS', 301)):6d}"
-                  f"   number of ions     NIONS = {self.natoms:6d}",
-                  f"   total plane-waves  NPLWV = {8 * npw:6d}",
-                  "   ions per type =  " + "".join(f"{n:5d}" for n in self.counts), "",
-                  f"   NELECT = {self.nelect:12.4f}    total number of electrons",
-                  f"   ISPIN  = {self.ispin:6d}    spin polarized calculation?",
-                  f"   NSW    = {int(self.incar.get('NSW', 0)):6d}    number of steps for IOM",
-                  f"   IBRION = {int(self.incar.get('IBRION', -1)):6d}    ionic relax: 0-MD 1-quasi-New 2-CG",
-                  f"   ISIF   = {int(self.incar.get('ISIF', 2)):6d}    stress and relaxation",
-                  f"   EDIFF  = {float(self.incar.get('EDIFF', 1e-4)):.1E}   stopping-criterion for ELM",
-                  f"   EDIFFG = {float(self.incar.get('EDIFFG', -0.02)):.1E}   stopping-criterion for IOM",
-                  f"   POTIM  = {float(self.incar.get('POTIM', 0.5)):8.4f}    time-step for ionic-motion",
-                  "",
-                  f"  volume of cell : {atoms.get_volume():12.2f}",
-                  "      direct lattice vectors                 reciprocal lattice vectors"]  # fmt: skip
+        lines += [
+            "",
+            "-" * 104,
+            "",
+            "",
+            "",
+            "",
+            " Dimension of arrays:",
+            f"   k-points           NKPTS = {nkpts:6d}   k-points in BZ     NKDIM = {nkpts:6d}"
+            f"   number of bands    NBANDS= {self.nbands:6d}",
+            f"   number of dos      NEDOS = {int(self.incar.get('NEDOS', 301)):6d}"
+            f"   number of ions     NIONS = {self.natoms:6d}",
+            f"   total plane-waves  NPLWV = {8 * npw:6d}",
+            "   ions per type =  " + "".join(f"{n:5d}" for n in self.counts),
+            "",
+            f"   NELECT = {self.nelect:12.4f}    total number of electrons",
+            f"   ISPIN  = {self.ispin:6d}    spin polarized calculation?",
+            *self._echo(),
+            "",
+            f"  volume of cell : {atoms.get_volume():12.2f}",
+            "      direct lattice vectors                 reciprocal lattice vectors",
+        ]
         recip = atoms.cell.reciprocal()
-        lines += ["   " + "".join(f"{x:13.9f}" for x in (*a, *b))
-                  for a, b in zip(atoms.cell.array, recip, strict=True)]  # fmt: skip
+        lines += [
+            "   " + "".join(f"{x:13.9f}" for x in (*a, *b))
+            for a, b in zip(atoms.cell.array, recip, strict=True)
+        ]
         lines += ["", " k-points in reciprocal lattice and weights: KPOINTS"]
-        lines += ["  " + "".join(f"{x:12.8f}" for x in kp) + f"{1 / nkpts:16.9f}"
-                  for kp in self.kpoints]  # fmt: skip
+        lines += [
+            "  " + "".join(f"{x:12.8f}" for x in kp) + f"{1 / nkpts:16.9f}" for kp in self.kpoints
+        ]
         lines += ["", "", "", "-" * 104, "", ""]
-        lines += [f" k-point {n:2d} :   " + " ".join(f"{x:.4f}" for x in kp) + f"  plane waves: {npw:7d}"
-                  for n, kp in enumerate(self.kpoints, start=1)]  # fmt: skip
+        lines += [
+            f" k-point {n:2d} :   " + " ".join(f"{x:.4f}" for x in kp) + f"  plane waves: {npw:7d}"
+            for n, kp in enumerate(self.kpoints, start=1)
+        ]
         lines += ["", f" maximum number of plane-waves: {npw:8d}", ""]
         return "\n".join(lines) + "\n\n"
+
+    def _echo(self) -> list[str]:
+        """The ionic-relaxation parameters, as VASP echoes them in OUTCAR."""
+        get = self.incar.get
+        return [
+            f"   NSW    = {int(get('NSW', 0)):6d}    number of steps for IOM",
+            f"   IBRION = {int(get('IBRION', -1)):6d}    ionic relax: 0-MD 1-quasi-New 2-CG",
+            f"   ISIF   = {int(get('ISIF', 2)):6d}    stress and relaxation",
+            f"   EDIFF  = {float(get('EDIFF', 1e-4)):.1E}   stopping-criterion for ELM",
+            f"   EDIFFG = {float(get('EDIFFG', -0.02)):.1E}   stopping-criterion for IOM",
+            f"   POTIM  = {float(get('POTIM', 0.5)):8.4f}    time-step for ionic-motion",
+        ]
 
     def _outcar_scf(self, step: int, i: int, energy: float, last: bool) -> str:
         text = (
@@ -360,8 +403,10 @@ class Output:
             f"  energy without entropy = {energy:18.8f}  energy(sigma->0) = {energy:18.8f}\n\n"
         )
         if last:
-            text += ("\n------------------------ aborting loop because EDIFF is reached "
-                     "----------------------------------------\n\n")  # fmt: skip
+            text += (
+                "\n------------------------ aborting loop because EDIFF is reached "
+                "----------------------------------------\n\n"
+            )
         return text
 
     def _outcar_ionic(self, atoms, energy: float, forces, stress, step: int) -> str:
@@ -370,56 +415,89 @@ class Output:
         kb = -stress * atoms.get_volume()  # FORCE on cell = -STRESS, eV
         kbar = -stress / GPa * 10  # VASP prints the pressure (−stress) in kB
         order = [(0, 0), (1, 1), (2, 2), (0, 1), (1, 2), (2, 0)]
-        lines = ["  FORCE on cell =-STRESS in cart. coord.  units (eV):",
-                 "  Direction    XX          YY          ZZ          XY          YZ          ZX",
-                 "  " + "-" * 86,
-                 "  Total   " + "".join(f"{kb[i, j]:12.5f}" for i, j in order),
-                 "  in kB   " + "".join(f"{kbar[i, j]:12.5f}" for i, j in order),
-                 f"  external pressure = {np.trace(kbar) / 3:11.2f} kB  Pullay stress =        "
-                 "0.00 kB", "", "",
-                 " VOLUME and BASIS-vectors are now :",
-                 " " + "-" * 77,
-                 f"  energy-cutoff  : {float(self.incar.get('ENCUT', 520)):11.2f}",
-                 f"  volume of cell : {atoms.get_volume():11.2f}",
-                 "      direct lattice vectors                 reciprocal lattice vectors",
-                 *("   " + "".join(f"{x:13.9f}" for x in (*a, *b))
-                   for a, b in zip(atoms.cell.array, atoms.cell.reciprocal(), strict=True)),
-                 "", "",
-                 " POSITION                                       TOTAL-FORCE (eV/Angst)",
-                 " " + "-" * 83]  # fmt: skip
-        lines += [" " + "".join(f"{x:13.5f}" for x in p) + "    " + "".join(f"{f:14.6f}" for f in g)
-                  for p, g in zip(atoms.positions, forces, strict=True)]  # fmt: skip
+        lines = [
+            "  FORCE on cell =-STRESS in cart. coord.  units (eV):",
+            "  Direction    XX          YY          ZZ          XY          YZ          ZX",
+            "  " + "-" * 86,
+            "  Total   " + "".join(f"{kb[i, j]:12.5f}" for i, j in order),
+            "  in kB   " + "".join(f"{kbar[i, j]:12.5f}" for i, j in order),
+            f"  external pressure = {np.trace(kbar) / 3:11.2f} kB  Pullay stress =        0.00 kB",
+            "",
+            "",
+            " VOLUME and BASIS-vectors are now :",
+            " " + "-" * 77,
+            f"  energy-cutoff  : {float(self.incar.get('ENCUT', 520)):11.2f}",
+            f"  volume of cell : {atoms.get_volume():11.2f}",
+            "      direct lattice vectors                 reciprocal lattice vectors",
+            *(
+                "   " + "".join(f"{x:13.9f}" for x in (*a, *b))
+                for a, b in zip(atoms.cell.array, atoms.cell.reciprocal(), strict=True)
+            ),
+            "",
+            "",
+            " POSITION                                       TOTAL-FORCE (eV/Angst)",
+            " " + "-" * 83,
+        ]
+        lines += [
+            " " + "".join(f"{x:13.5f}" for x in p) + "    " + "".join(f"{f:14.6f}" for f in g)
+            for p, g in zip(atoms.positions, forces, strict=True)
+        ]
         drift = forces.sum(axis=0)
-        lines += [" " + "-" * 83,
-                  "    total drift:                         " + "".join(f"{d:14.6f}" for d in drift),
-                  "", "", "-" * 104, "", "",
-                  "  FREE ENERGIE OF THE ION-ELECTRON SYSTEM (eV)",
-                  "  ---------------------------------------------------",
-                  f"  free  energy   TOTEN  = {energy:18.8f} eV", "",
-                  f"  energy  without entropy= {energy:18.8f}  energy(sigma->0) = {energy:18.8f}",
-                  "", "", "-" * 104, ""]  # fmt: skip
+        lines += [
+            " " + "-" * 83,
+            "    total drift:                         " + "".join(f"{d:14.6f}" for d in drift),
+            "",
+            "",
+            "-" * 104,
+            "",
+            "",
+            "  FREE ENERGIE OF THE ION-ELECTRON SYSTEM (eV)",
+            "  ---------------------------------------------------",
+            f"  free  energy   TOTEN  = {energy:18.8f} eV",
+            "",
+            f"  energy  without entropy= {energy:18.8f}  energy(sigma->0) = {energy:18.8f}",
+            "",
+            "",
+            "-" * 104,
+            "",
+        ]
         if self.ispin == 2:
-            lines += [" magnetization (x)", "",
-                      "# of ion       s       p       d       tot",
-                      "------------------------------------------"]  # fmt: skip
-            lines += [f"{i:5d}        0.000   0.000   0.000   0.000" for i in range(1, self.natoms + 1)]
-            lines += ["--------------------------------------------------",
-                      "tot          0.000   0.000   0.000   0.000", ""]  # fmt: skip
+            lines += [
+                " magnetization (x)",
+                "",
+                "# of ion       s       p       d       tot",
+                "------------------------------------------",
+            ]
+            lines += [
+                f"{i:5d}        0.000   0.000   0.000   0.000" for i in range(1, self.natoms + 1)
+            ]
+            lines += [
+                "--------------------------------------------------",
+                "tot          0.000   0.000   0.000   0.000",
+                "",
+            ]
         efermi = self._efermi()
-        lines += [f" E-fermi : {efermi:10.4f}     XC(G=0):  -9.0000     alpha+bet : -10.0000", "",
-                  f"     LOOP+:  cpu time      0.05: real time      0.05", "",
-                  f" ----- ionic step {step} done -----", ""]  # fmt: skip
+        lines += [
+            f" E-fermi : {efermi:10.4f}     XC(G=0):  -9.0000     alpha+bet : -10.0000",
+            "",
+            "     LOOP+:  cpu time      0.05: real time      0.05",
+            "",
+            f" ----- ionic step {step} done -----",
+            "",
+        ]
         return "\n".join(lines) + "\n"
 
     def _vasprun_header(self, atoms) -> str:
         gen, divisions = _kpoint_generation()
         k = "\n".join(f"   <v>{_vec(kp)}</v>" for kp in self.kpoints)
         w = "\n".join(f"   <v>{1 / len(self.kpoints):16.8f} </v>" for _ in self.kpoints)
-        species_rows = "\n".join(f"    <rc><c>{s:2s}</c><c>{self.species.index(s) + 1:4d}</c></rc>"
-                                 for s in self.symbols)  # fmt: skip
+        species_rows = "\n".join(
+            f"    <rc><c>{s:2s}</c><c>{self.species.index(s) + 1:4d}</c></rc>" for s in self.symbols
+        )
         type_rows = "\n".join(
-            f"    <rc><c>{n:4d}</c><c>{s:2s}</c><c>{_mass(s):16.8f}</c><c>{self.zval.get(s, 1.0):16.8f}</c>"
-            f"<c>  {self.potcars.get(s, 'PAW_PBE ' + s).replace('PAW_PBE', 'PAW_PBE'):38s}</c></rc>"
+            f"    <rc><c>{n:4d}</c><c>{s:2s}</c><c>{_mass(s):16.8f}</c>"
+            f"<c>{self.zval.get(s, 1.0):16.8f}</c>"
+            f"<c>  {self.potcars.get(s, 'PAW_PBE ' + s):38s}</c></rc>"
             for s, n in zip(self.species, self.counts, strict=True)
         )
         incar = "\n".join(_xml_item(k, v, 2) for k, v in self.incar.items())
@@ -438,7 +516,7 @@ class Output:
  </incar>
  <kpoints>
   <generation param="{gen}">
-   <v type="int" name="divisions">{''.join(f'{d:8d}' for d in divisions)} </v>
+   <v type="int" name="divisions">{"".join(f"{d:8d}" for d in divisions)} </v>
    <v name="usershift">      0.00000000       0.00000000       0.00000000 </v>
    <v name="genvec1">{_vec([1 / divisions[0], 0, 0])}</v>
    <v name="genvec2">{_vec([0, 1 / divisions[1], 0])}</v>
@@ -483,14 +561,39 @@ class Output:
     def _parameters(self) -> str:
         """VASP echoes every parameter it used, the INCAR's and its defaults."""
         used = {
-            "PREC": "accurate", "ENMAX": 520.0, "EDIFF": 1e-4, "NELM": 60, "NELMIN": 2,
-            "NELMDL": -5, "ISPIN": 1, "NELECT": self.nelect, "NBANDS": self.nbands,
-            "ISMEAR": 1, "SIGMA": 0.2, "LREAL": False, "LSORBIT": False,
-            "LNONCOLLINEAR": False, "NSW": 0, "IBRION": -1, "ISIF": 2, "POTIM": 0.5,
-            "EDIFFG": -0.02, "NEDOS": 301, "LORBIT": 0, "ALGO": "Normal", "GGA": "--",
-            "METAGGA": "--", "LHFCALC": False, "LDAU": False, "LEPSILON": False,
-            "LCALCEPS": False, "LOPTICS": False, "IVDW": 0, "KSPACING": 0.5, "ISYM": 2,
-        }  # fmt: skip
+            "PREC": "accurate",
+            "ENMAX": 520.0,
+            "EDIFF": 1e-4,
+            "NELM": 60,
+            "NELMIN": 2,
+            "NELMDL": -5,
+            "ISPIN": 1,
+            "NELECT": self.nelect,
+            "NBANDS": self.nbands,
+            "ISMEAR": 1,
+            "SIGMA": 0.2,
+            "LREAL": False,
+            "LSORBIT": False,
+            "LNONCOLLINEAR": False,
+            "NSW": 0,
+            "IBRION": -1,
+            "ISIF": 2,
+            "POTIM": 0.5,
+            "EDIFFG": -0.02,
+            "NEDOS": 301,
+            "LORBIT": 0,
+            "ALGO": "Normal",
+            "GGA": "--",
+            "METAGGA": "--",
+            "LHFCALC": False,
+            "LDAU": False,
+            "LEPSILON": False,
+            "LCALCEPS": False,
+            "LOPTICS": False,
+            "IVDW": 0,
+            "KSPACING": 0.5,
+            "ISYM": 2,
+        }
         renamed = {"ENCUT": "ENMAX"}
         for key, value in self.incar.items():
             used[renamed.get(key, key)] = value
@@ -547,16 +650,21 @@ class Output:
                 shift = 0.8 * math.cos(2 * math.pi * float(np.sum(kp)))
                 rows = []
                 for band in range(self.nbands):
-                    e = efermi - self.nelect / (2 if self.ispin == 1 else 2) + 0.5 + band + shift
+                    e = efermi - self.nelect / 2 + 0.5 + band + shift  # nelect/2 bands full
                     occ = 1.0 if e < efermi else 0.0
                     rows.append(f"       <r>{e:10.4f}{occ:10.4f} </r>")
-                kpts.append(f'      <set comment="kpoint {n}">\n' + "\n".join(rows) + "\n      </set>")
+                kpts.append(
+                    f'      <set comment="kpoint {n}">\n' + "\n".join(rows) + "\n      </set>"
+                )
             spins.append(f'     <set comment="spin {spin}">\n' + "\n".join(kpts) + "\n     </set>")
-        return ("  <eigenvalues>\n   <array>\n    <dimension dim=\"1\">band</dimension>\n"
-                "    <dimension dim=\"2\">kpoint</dimension>\n"
-                "    <dimension dim=\"3\">spin</dimension>\n    <field>eigene</field>\n"
-                "    <field>occ</field>\n    <set>\n" + "\n".join(spins)
-                + "\n    </set>\n   </array>\n  </eigenvalues>\n")  # fmt: skip
+        return (
+            '  <eigenvalues>\n   <array>\n    <dimension dim="1">band</dimension>\n'
+            '    <dimension dim="2">kpoint</dimension>\n'
+            '    <dimension dim="3">spin</dimension>\n    <field>eigene</field>\n'
+            "    <field>occ</field>\n    <set>\n"
+            + "\n".join(spins)
+            + "\n    </set>\n   </array>\n  </eigenvalues>\n"
+        )
 
     def _dos(self) -> str:
         efermi = self._efermi()
@@ -568,22 +676,35 @@ class Output:
                 for e in grid
             )
             spins.append(f'      <set comment="spin {spin}">\n{rows}\n      </set>')
-        return (f'  <dos>\n   <i name="efermi">{efermi:16.8f} </i>\n   <total>\n    <array>\n'
-                '     <dimension dim="1">gridpoints</dimension>\n'
-                '     <dimension dim="2">spin</dimension>\n     <field>energy</field>\n'
-                '     <field>total</field>\n     <field>integrated</field>\n     <set>\n'
-                + "\n".join(spins) + "\n     </set>\n    </array>\n   </total>\n  </dos>\n")  # fmt: skip
+        return (
+            f'  <dos>\n   <i name="efermi">{efermi:16.8f} </i>\n   <total>\n    <array>\n'
+            '     <dimension dim="1">gridpoints</dimension>\n'
+            '     <dimension dim="2">spin</dimension>\n     <field>energy</field>\n'
+            "     <field>total</field>\n     <field>integrated</field>\n     <set>\n"
+            + "\n".join(spins)
+            + "\n     </set>\n    </array>\n   </total>\n  </dos>\n"
+        )
 
     def _xdatcar(self, atoms, step: int) -> None:
         """XDATCAR: the header again whenever the cell may change (ISIF ≥ 3), as VASP does."""
         text = ""
         if step == 1 or int(self.incar.get("ISIF", 2)) >= 3:
             text += f"{_title(self.symbols)}\n           1\n"
-            text += "".join(" " + "".join(f"{x:12.6f}" for x in row) + "\n" for row in atoms.cell.array)
-            text += "   " + "   ".join(self.species) + "\n   " + "   ".join(map(str, self.counts)) + "\n"
+            text += "".join(
+                " " + "".join(f"{x:12.6f}" for x in row) + "\n" for row in atoms.cell.array
+            )
+            text += (
+                "   "
+                + "   ".join(self.species)
+                + "\n   "
+                + "   ".join(map(str, self.counts))
+                + "\n"
+            )
         text += f"Direct configuration= {step:5d}\n"
-        text += "".join(" " + "".join(f"{x:12.8f}" for x in row) + "\n"
-                        for row in atoms.get_scaled_positions(False))  # fmt: skip
+        text += "".join(
+            " " + "".join(f"{x:12.8f}" for x in row) + "\n"
+            for row in atoms.get_scaled_positions(False)
+        )
         _append("XDATCAR", text)
 
 

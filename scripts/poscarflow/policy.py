@@ -20,7 +20,13 @@ from poscarflow.files import atomic_path
 SCHEMA = Path(__file__).resolve().parent / "schemas" / "restart_policy.schema.yaml"
 # Failure classes a policy can name besides patterns; bad input is never restarted.
 CLASSES = (
-    "unconverged", "oom", "timeout", "node_failure", "infrastructure", "custodian", "error",
+    "unconverged",
+    "oom",
+    "timeout",
+    "node_failure",
+    "infrastructure",
+    "custodian",
+    "error",
 )
 NEVER = "bad_input"
 HEADER = (

@@ -181,7 +181,9 @@ def _read_poscar(path: Path, resort: list[int] | None, natoms: int | None = None
     text = _read_text(path)
     lines = text.split("\n")
     try:
-        counts_at = next(i for i in range(5, 8) if lines[i].split() and lines[i].split()[0].isdigit())
+        counts_at = next(
+            i for i in range(5, 8) if lines[i].split() and lines[i].split()[0].isdigit()
+        )
         count = sum(int(n) for n in lines[counts_at].split())
         header = counts_at + 1
         if lines[header].strip()[:1].lower() == "s":  # Selective dynamics
@@ -209,12 +211,12 @@ def _resorted(atoms: Atoms, resort: list[int] | None) -> Atoms:
 
     if not resort:
         return atoms
-    results = dict(atoms.calc.results)
+    kept = ("energy", "free_energy", "forces", "stress")
+    results = {k: v for k, v in atoms.calc.results.items() if k in kept}
     new = atoms[resort]
     if "forces" in results:
         results["forces"] = results["forces"][resort]
-    new.calc = SinglePointCalculator(new, **{k: v for k, v in results.items()
-                                             if k in ("energy", "free_energy", "forces", "stress")})  # fmt: skip
+    new.calc = SinglePointCalculator(new, **results)
     return new
 
 
