@@ -196,7 +196,7 @@ def test_a_killed_run_leaves_whole_ionic_steps_and_a_contcar_to_go_on_from(
     geometry), or the last whole step when CONTCAR is cut."""
     from poscarflow.vasp_files import ionic_path, restart_geometry
 
-    run = _stand_in_inputs(tmp_path, monkeypatch)
+    run = _ase_inputs(tmp_path, monkeypatch)
     env = os.environ | {"FAKE_VASP_STOP_AFTER": "3", "FAKE_VASP_STOP": "kill"}
     proc = subprocess.run([sys.executable, str(FAKE)], cwd=run, env=env, check=False)
     assert proc.returncode == -9  # killed, not finished: vasprun.xml is not closed
@@ -206,11 +206,57 @@ def test_a_killed_run_leaves_whole_ionic_steps_and_a_contcar_to_go_on_from(
     assert all(f.calc is not None for f in path[1:])
     contcar = restart_geometry(tmp_path)
     assert np.abs(contcar.positions - path[-1].positions).max() > 1e-4  # the next step
-    (run / "vasprun.xml").write_text((run / "vasprun.xml").read_text()[:-300])  # cut
+    text = (run / "vasprun.xml").read_text()
+    (run / "vasprun.xml").write_text(text[: text.rfind("</calculation>") + 5])  # cut in step 3
     (run / "CONTCAR").write_text((run / "CONTCAR").read_text()[:400])  # cut in a position
     cut = ionic_path(tmp_path)
-    assert len(cut) == 1 + 3 or len(cut) == 1 + 2
+    assert len(cut) == 1 + 2
+    for ours, whole in zip(cut, path, strict=False):
+        assert np.abs(ours.positions - whole.positions).max() < 1e-9
     assert np.abs(restart_geometry(tmp_path).positions - cut[-1].positions).max() < 1e-9
+    (run / "vasprun.xml").unlink()  # then XDATCAR's configurations (positions, no energies)
+    xdatcar = ionic_path(tmp_path)
+    assert len(xdatcar) == 1 + 3
+    for ours, whole in zip(xdatcar[1:], path[1:], strict=True):
+        assert np.abs(ours.positions - whole.positions).max() < 1e-6
+
+
+def test_custodian_wall_time_counts_from_when_custodian_started(monkeypatch) -> None:
+    """Custodian measures its wall time from the first WalltimeHandler made in a process
+    (a pool process runs many jobs): the wall time it is given reaches the deadline."""
+    from datetime import datetime
+
+    from poscarflow.resume import deadline
+    from poscarflow.settings import DEADLINE
+    from poscarflow.vasp import CUSTODIAN_START, vasp_settings
+
+    started = datetime.fromtimestamp(time.time() - 1000)
+    monkeypatch.setenv(CUSTODIAN_START, started.strftime("%a %b %d %H:%M:%S UTC %Y"))
+    monkeypatch.setenv(DEADLINE, str(time.time() + 3600))
+    deadline.cache_clear()
+    try:
+        wall_time = vasp_settings()["VASP_CUSTODIAN_WALL_TIME"]
+    finally:
+        deadline.cache_clear()
+    assert wall_time == pytest.approx(4600, abs=5)
+
+
+def _ase_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The Cu8 relax's VASP inputs as quacc's run folder holds them while VASP runs
+    (ASE's Vasp calculator writes them, with the tags quacc's relax sets that matter to
+    the stand-in; quacc's own are used in the slow tests)."""
+    from ase.build import bulk
+    from ase.calculators.vasp import Vasp
+
+    _vasp_env(monkeypatch, tmp_path)
+    atoms = bulk("Cu", cubic=True) * (2, 1, 1)
+    atoms.rattle(0.1, seed=3)
+    run = tmp_path / "tmp-quacc-killed"
+    run.mkdir()
+    calc = Vasp(directory=str(run), xc="pbe", pp="potpaw_PBE.64", ibrion=2, isif=3, nsw=60,
+                ediffg=-0.02, ediff=1e-5, ispin=2, magmom=[2.0] * 8, kpts=(4, 8, 8))  # fmt: skip
+    calc.write_input(atoms)
+    return run
 
 
 def _stand_in_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
