@@ -221,6 +221,26 @@ def test_a_killed_run_leaves_whole_ionic_steps_and_a_contcar_to_go_on_from(
         assert np.abs(ours.positions - whole.positions).max() < 1e-6
 
 
+def test_a_continued_attempt_killed_before_vasp_started_keeps_where_it_goes_on_from(
+    tmp_path,
+) -> None:
+    """The attempt folder of a continued VASP relax holds the path so far and the CONTCAR
+    it goes on from before VASP writes anything: a kill then loses no ionic step."""
+    from ase.build import bulk
+
+    from poscarflow.layout import PATH, START
+    from poscarflow.resume import continuation, write_frames
+
+    frames = [bulk("Cu", cubic=True) for _ in range(3)]
+    for i, atoms in enumerate(frames):
+        atoms.positions += 0.01 * i
+    write_frames(tmp_path / PATH, frames[:2])
+    write_frames(tmp_path / START, frames[2:])
+    found = continuation(tmp_path)
+    assert found.done_steps == 1
+    assert np.abs(found.atoms.positions - frames[2].positions).max() < 1e-12
+
+
 def test_custodian_wall_time_counts_from_when_custodian_started(monkeypatch) -> None:
     """Custodian measures its wall time from the first WalltimeHandler made in a process
     (a pool process runs many jobs): the wall time it is given reaches the deadline."""

@@ -91,7 +91,9 @@ def continuation(folder: Path) -> Continuation | None:
     frames = attempt_path(folder)
     if not frames:
         return None
-    start = restart_geometry(folder) or next(iter(read_frames(folder / START)), None)
+    start = restart_geometry(folder)  # VASP's CONTCAR; else where a continued one began
+    if start is None:
+        start = next(iter(read_frames(folder / START)), None)
     return Continuation(frames, optimizer_state(folder), start)
 
 
