@@ -94,6 +94,9 @@ def _through_custodian(recipe: Callable, atoms: Atoms, **kwargs: Any) -> dict:
 def _gave_up(error: Exception, found: list[dict[str, Any]]) -> str:
     """Custodian's reason in one line, with the errors its handlers had corrected."""
     message = " ".join(str(getattr(error, "message", error)).split())
+    for name in ("handler", "validator"):  # named by class, not by their object's repr
+        if (obj := getattr(error, name, None)) is not None:
+            message = message.replace(str(obj), type(obj).__name__)
     reason = f"custodian gave up: {type(error).__name__}: {message}"
     if found:
         fixes = ", ".join(f"{c['handler']} ({'/'.join(c['errors'])})" for c in found)
