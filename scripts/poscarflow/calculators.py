@@ -51,7 +51,7 @@ class Calculator:
     ase_optimizer
         Whether relaxes use an ASE optimizer (fmax, max_steps → opt_params, continued
         from the optimizer's restart file); VASP relaxes with its own (fmax → EDIFFG =
-        -fmax, max_steps → NSW).
+        -fmax, max_steps → NSW, less the ionic steps a continued relax already took).
     settings
         "module:function" returning the extra quacc settings of its jobs (VASP:
         custodian, the parallel command, the wall time), or None.
@@ -103,8 +103,20 @@ class Calculator:
         """The relax recipe's keyword arguments for the relax settings `params`."""
         kwargs = dict(params.get("calc_kwargs", {})) | {"relax_cell": params["relax_cell"]}
         if not self.ase_optimizer:
-            return kwargs | {"ediffg": -params["fmax"], "nsw": params["max_steps"]}
+            nsw = _steps_left(params["max_steps"], workdir)
+            return kwargs | {"ediffg": -params["fmax"], "nsw": nsw}
         return kwargs | {"opt_params": _opt_params(params, workdir)}
+
+
+def _steps_left(max_steps: int, workdir: Path) -> int:
+    """The ionic steps a relax has left: max_steps less those of the attempts it continues
+    (their path is in the attempt folder); all of them again when a restart the policy
+    granted finds none left, as an ASE relax's restart does."""
+    from poscarflow.layout import PATH
+    from poscarflow.resume import read_frames
+
+    left = max_steps - max(0, len(read_frames(workdir / PATH)) - 1)
+    return left if left > 0 else max_steps
 
 
 def _opt_params(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -163,7 +175,7 @@ CALCULATORS: dict[str, Calculator] = {
         calc_class="chgnet.model.dynamics:CHGNetCalculator",
     ),
     "vasp": Calculator(
-        "quacc.recipes.vasp.core",
+        "poscarflow.vasp",  # quacc.recipes.vasp.core, with the ionic path and custodian's log
         ("custodian",),
         None,
         1,

@@ -73,6 +73,8 @@ def compute(
         if continued is not None:  # the whole path, from the input on
             result["trajectory"] = continued.frames + list(result["trajectory"][1:])
         summary |= _numbers(step, result)
+        if result.get("corrections"):  # custodian fixed VASP and reran it
+            summary["corrections"] = result["corrections"]
         _write_outputs(spec["id"], result, workdir, whole_path=continued is not None)
     except BadInput as err:
         summary |= {"status": "failed", "failure": "bad_input", "reason": str(err)}
@@ -82,12 +84,14 @@ def compute(
         fault = machine_fault(err)
         summary |= {
             "status": "failed",
-            "failure": "infrastructure" if fault else "error",
+            "failure": "infrastructure" if fault else getattr(err, "failure", "error"),
             "reason": f"{source['path']}: {_describe(fault or err)}",
             "traceback": traceback.format_exc().splitlines()[-20:],
         }
         if fault is not None:
             summary["cause"] = os.strerror(fault.errno)
+        if getattr(err, "corrections", None):  # what custodian tried before it gave up
+            summary["corrections"] = err.corrections  # type: ignore[attr-defined]
     summary["end"] = now()
     summary["wall_time"] = round(time.time() - started, 3)
     return summary

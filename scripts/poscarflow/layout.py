@@ -25,6 +25,7 @@ TRAJECTORY = "opt.traj"
 PATH = "path.traj"  # in an attempt folder: the optimizer path of the attempts it continues
 ATTEMPT_MARKER = "attempt.json"
 OPT_STATE = "optimizer-state.json"  # the ASE optimizer's restart file, in an attempt folder
+START = "start.traj"  # in an attempt folder: where a continued VASP relax goes on from
 HISTORY = "history.jsonl"
 PLOTS = ("energy_per_atom", "convergence", "volume_change")
 
