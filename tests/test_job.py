@@ -82,6 +82,11 @@ def running_pool(tmp_path: Path, monkeypatch):
     """A pool of 2 processes for EMT, as a local run's onstart starts it."""
     monkeypatch.chdir(tmp_path)
     handle = pool.start(2, "emt", tmp_path / "pool.log", tmp_path / "no-run.json")
+    deadline = time.time() + 60  # listening (its abstract socket is in /proc/net/unix)
+    while f"@{handle.address}" not in Path("/proc/net/unix").read_text():
+        assert time.time() < deadline
+        assert handle.process.poll() is None
+        time.sleep(0.05)
     yield handle
     pool.stop(handle)
 

@@ -116,7 +116,7 @@ def _final() -> object:
 
 
 def _path() -> list:
-    from poscarflow.resume import read_frames
+    from poscarflow.files import read_frames
 
     return read_frames(Path(f"results/calcs/{SID}/relax/opt.traj"))
 
@@ -228,8 +228,9 @@ def test_a_continued_attempt_killed_before_vasp_started_keeps_where_it_goes_on_f
     it goes on from before VASP writes anything: a kill then loses no ionic step."""
     from ase.build import bulk
 
+    from poscarflow.files import write_frames
     from poscarflow.layout import PATH, START
-    from poscarflow.resume import continuation, write_frames
+    from poscarflow.resume import continuation
 
     frames = [bulk("Cu", cubic=True) for _ in range(3)]
     for i, atoms in enumerate(frames):

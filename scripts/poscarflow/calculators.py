@@ -112,8 +112,8 @@ def _steps_left(max_steps: int, workdir: Path) -> int:
     """The ionic steps a relax has left: max_steps less those of the attempts it continues
     (their path is in the attempt folder); all of them again when a restart the policy
     granted finds none left, as an ASE relax's restart does."""
+    from poscarflow.files import read_frames
     from poscarflow.layout import PATH
-    from poscarflow.resume import read_frames
 
     left = max_steps - max(0, len(read_frames(workdir / PATH)) - 1)
     return left if left > 0 else max_steps

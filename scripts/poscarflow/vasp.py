@@ -106,8 +106,8 @@ def _gave_up(error: Exception, found: list[dict[str, Any]]) -> str:
 
 def _write_path(folder: Path, frames: list[Atoms]) -> None:
     """The relax's ionic path as the ASE trajectory every relax publishes (opt.traj)."""
+    from poscarflow.files import write_frames
     from poscarflow.layout import TRAJECTORY
-    from poscarflow.resume import write_frames
 
     write_frames(folder / TRAJECTORY, frames)
 
