@@ -9,6 +9,9 @@ configfile: "config/config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/relax.smk"
 include: "workflow/rules/static.smk"
@@ -22,7 +25,7 @@ rule all:
 
 
 onstart:
-    start_pool()
+    pool_if_needed()
 
 
 onsuccess:

@@ -1,12 +1,17 @@
 """How much the workflow costs on top of the calculations themselves.
 
-1. N EMT structures (relax + static each) through the workflow (local executor, 2 cores)
-   and through an in-process loop with 2 worker processes; prints both times and the
-   ratio (target <= 1.25).
-2. `snakemake -n` for BIG structures and a no-op run once they are finished (trivial
-   LJ calculator, one optimizer step; target < 20 s each).
+1. N EMT structures (relax + static each) through the workflow (local executor,
+   `--cores C`) and through an in-process loop with C worker processes: both times and
+   the ratio, against the target for that N and C (N=100: 1.15 on 2 cores, 1.30 on 16;
+   N=1000: 1.10 on 16 cores).
+2. Scale, for each of `--big` (default 10,000) and `--huge` (100,000, opt-in: the full
+   run takes about half an hour on 2 cores) structures, trivial LJ with one optimizer
+   step: `snakemake -n` (first and second call), the full run, a no-op run once
+   finished, `poscarflow status`, `poscarflow why`, the finishing rules alone (table,
+   database, plots, check), and the peak memory of Snakemake and of its pool.
 
-Usage: python bench/overhead.py [--n 100] [--big 10000]
+Every figure is printed with its target. Usage:
+    python bench/overhead.py [--n 100] [--cores 2] [--big 10000] [--huge 0]
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ import argparse
 import logging
 import multiprocessing
 import os
+import re
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,11 +32,17 @@ from pathlib import Path
 from ase.build import bulk
 from ase.io import write
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.conftest import Workflow
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from poscarflow.layout import Layout
+from poscarflow.testing import Workflow
 
 ELEMENTS = ("Cu", "Al", "Ni", "Pd", "Ag", "Pt", "Au")
 SIZES = ((1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2))
+RATIO_TARGETS = {(100, 2): 1.15, (100, 16): 1.30, (1000, 16): 1.10}
+SCALE_TARGETS = {  # seconds (and GiB for memory) by number of structures
+    10_000: {"-n": 5, "no-op": 3, "finishing": 5},
+    100_000: {"-n": 30, "no-op": 20, "status": 5, "memory": 4},
+}
 
 
 def make_structures(folder: Path, n: int) -> None:
@@ -39,12 +53,13 @@ def make_structures(folder: Path, n: int) -> None:
         write(folder / f"s{i:05d}.vasp", atoms, format="vasp", direct=True)
 
 
-def timed(label: str, func, *args) -> float:
-    """Run func(*args); print and return its wall time."""
+def timed(label: str, func, *args, target: float | None = None, **kwargs) -> float:
+    """Run func(*args, **kwargs); print its wall time (and target); return it."""
     start = time.perf_counter()
-    func(*args)
+    func(*args, **kwargs)
     seconds = time.perf_counter() - start
-    print(f"{label:<48} {seconds:8.1f} s", flush=True)
+    goal = f"  (target <= {target:g} s)" if target is not None else ""
+    print(f"{label:<58} {seconds:8.1f} s{goal}", flush=True)
     return seconds
 
 
@@ -66,55 +81,97 @@ def _worker(task: tuple[str, dict, str]) -> float:
         return static_job(relaxed["atoms"])["results"]["energy"]
 
 
-def in_process_loop(workflow: Workflow, workdir: Path) -> None:
-    """The baseline: 2 fresh worker processes (each imports quacc once).
+def in_process_loop(workflow: Workflow, workdir: Path, cores: int) -> None:
+    """The baseline: `cores` fresh worker processes (each imports quacc once).
 
-    One BLAS thread per worker, as Snakemake gives a 1-thread job; without it the two
-    workers oversubscribe the 2 cores and the baseline is 4x slower.
+    One BLAS thread per worker, as Snakemake gives a 1-thread job; without it the
+    workers oversubscribe the cores and the baseline is several times slower.
     """
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     tasks = [(str(p), workflow.config["relax"], str(workdir))
              for p in sorted(workflow.structures.iterdir())]  # fmt: skip
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
         pool.map(_worker, tasks, chunksize=1)
 
 
-def overhead(root: Path, n: int) -> None:
+def overhead(root: Path, n: int, cores: int) -> None:
     """Part 1: workflow against the in-process loop on the same structures."""
     workflow = Workflow(root / "overhead")
     make_structures(workflow.structures, n)
-    loop = timed(f"in-process loop, 2 workers, {n} structures", in_process_loop,
-                 workflow, root / "loop")  # fmt: skip
-    flow = timed(f"workflow (snakemake --cores 2), {n} structures", workflow.run)
-    print(f"ratio workflow / loop: {flow / loop:.2f} (target <= 1.25)")
+    loop = timed(f"in-process loop, {cores} workers, {n} structures", in_process_loop,
+                 workflow, root / "loop", cores)  # fmt: skip
+    flow = timed(f"workflow (snakemake --cores {cores}), {n} structures", workflow.run,
+                 cores=cores)  # fmt: skip
+    target = RATIO_TARGETS.get((n, cores))
+    goal = f" (target <= {target})" if target else ""
+    print(f"ratio workflow / loop: {flow / loop:.2f}{goal}", flush=True)
 
 
-def scale(root: Path, big: int) -> None:
-    """Part 2: DAG building and no-op runs for many structures."""
-    workflow = Workflow(root / "scale")
-    first = workflow.structures / "s00000.vasp"
+def finishing_rules(workflow: Workflow, cores: int) -> None:
+    """Rebuild the run-wide outputs (table, database, plots, check) alone."""
+    for path in Layout(workflow.root / "results").run_outputs():
+        path.unlink(missing_ok=True)
+    workflow.run(cores=cores)
+
+
+def peak_memory(workflow: Workflow, cores: int) -> tuple[float, str]:
+    """Peak RSS (GiB) of the processes of one no-op run (Snakemake and its pool), and
+    the pool's own report of its peak from its log."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    workflow.run(cores=cores)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    log = (workflow.root / "logs/pool.log").read_text()
+    pool = re.findall(r"peak memory: .*", log)
+    return max(before, after) / 2**20, pool[-1] if pool else "(no pool report)"
+
+
+def scale(root: Path, n: int, cores: int) -> None:
+    """Part 2: DAG building, no-op runs, status, why and finishing for n structures."""
+    targets = SCALE_TARGETS.get(n, {})
+    workflow = Workflow(root / f"scale{n}")
+    first = workflow.structures / "s000000.vasp"
     write(first, bulk("Cu"), format="vasp")
-    for i in range(1, big):
-        shutil.copyfile(first, workflow.structures / f"s{i:05d}.vasp")
+    for i in range(1, n):
+        shutil.copyfile(first, workflow.structures / f"s{i:06d}.vasp")
     workflow.config |= {"calculator": "lj", "relax": workflow.config["relax"] | {"max_steps": 1}}
     workflow.write_config()
-    timed(f"snakemake -n, {big} structures, first call", workflow.run, "-n")
-    timed(f"snakemake -n, {big} structures, second call", workflow.run, "-n")
-    timed(f"full run, {big} structures (LJ, 1 step)", workflow.run)
-    timed(f"no-op run once finished, {big} structures", workflow.run)
+    timed(f"snakemake -n, {n} structures, first call", workflow.run, "-n", cores=cores)
+    timed(f"snakemake -n, {n} structures, second call", workflow.run, "-n", cores=cores,
+          target=targets.get("-n"))  # fmt: skip
+    timed(f"full run, {n} structures (LJ, 1 step)", workflow.run, cores=cores)
+    timed(f"no-op run once finished, {n} structures", workflow.run, cores=cores,
+          target=targets.get("no-op"))  # fmt: skip
+    for command in ("status", "why"):
+        timed(f"poscarflow {command}, {n} structures", _cli, workflow, command,
+              target=targets.get(command))  # fmt: skip
+    timed(f"finishing rules alone, {n} structures", finishing_rules, workflow, cores,
+          target=targets.get("finishing"))  # fmt: skip
+    memory, pool = peak_memory(workflow, cores)
+    goal = f" (target <= {targets['memory']} GiB)" if "memory" in targets else ""
+    print(f"{'peak memory of a no-op run, ' + str(n) + ' structures':<58} {memory:8.2f} GiB"
+          f"{goal}; pool: {pool}", flush=True)  # fmt: skip
+
+
+def _cli(workflow: Workflow, command: str) -> None:
+    """`poscarflow COMMAND` in the workflow folder, output discarded."""
+    subprocess.run([sys.executable, "-m", "poscarflow.cli", command], cwd=workflow.root,
+                   env=workflow.env, stdout=subprocess.DEVNULL, check=False)  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100, help="structures for the ratio (0: skip)")
-    parser.add_argument("--big", type=int, default=10_000, help="structures for -n (0: skip)")
+    parser.add_argument("--cores", type=int, default=2, help="cores and loop workers")
+    parser.add_argument("--big", type=int, default=10_000, help="scale part (0: skip)")
+    parser.add_argument("--huge", type=int, default=0, help="a second scale part, e.g. 100000")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="poscarflow-bench-") as tmp:
         if args.n:
-            overhead(Path(tmp), args.n)
-        if args.big:
-            scale(Path(tmp), args.big)
+            overhead(Path(tmp), args.n, args.cores)
+        for n in (args.big, args.huge):
+            if n:
+                scale(Path(tmp), n, args.cores)
 
 
 if __name__ == "__main__":

@@ -225,7 +225,7 @@ def test_relax_continued_twice_keeps_its_whole_path_and_the_input_volume(
     from ase.io import read
 
     from poscarflow.compute import read_result
-    from poscarflow.resume import read_frames
+    from poscarflow.files import read_frames
 
     monkeypatch.chdir(tmp_path)
     summary = _relax_once(tmp_path, {"class:unconverged": 2}, max_steps=3)

@@ -47,7 +47,7 @@ def _summary(sid: str, step: str = "relax", root: Path = Path()) -> dict:
 
 
 def _path(sid: str, root: Path = Path()) -> list:
-    from poscarflow.resume import read_frames
+    from poscarflow.files import read_frames
 
     return read_frames(root / f"results/calcs/{sid}/relax/opt.traj")
 
@@ -173,8 +173,8 @@ def test_killed_batch_continues_each_structure_from_its_last_frame(
 ) -> None:
     """SIGKILL a batch job mid-relax: the rerun continues every structure from the last
     frame it wrote, and each published path starts with the killed attempt's frames."""
+    from poscarflow.files import read_frames
     from poscarflow.fingerprint import job_code
-    from poscarflow.resume import read_frames
 
     monkeypatch.chdir(tmp_path)
     names = ["Ar0", "Ar1", "Ar2"]

@@ -155,3 +155,14 @@ def test_device_auto_picks_the_gpu_only_when_torch_sees_one(monkeypatch) -> None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == resolve_device("CUDA") == "cuda"
     assert resolve_device("cpu") == "cpu"
+
+
+def test_gamma_only_methods_warn_on_narrow_cells() -> None:
+    from poscarflow.compute import _too_small_for_gamma
+
+    si = bulk("Si", "diamond", a=5.43)
+    assert "Γ point only" in _too_small_for_gamma(si)
+    assert "3.1 Å wide" in _too_small_for_gamma(si)
+    assert _too_small_for_gamma(bulk("Si", "diamond", a=5.43, cubic=True) * 2) is None
+    water = molecule("H2O")
+    assert _too_small_for_gamma(water) is None

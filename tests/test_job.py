@@ -81,7 +81,12 @@ def test_request_file_holds_every_parameter_and_its_name_their_hash(
 def running_pool(tmp_path: Path, monkeypatch):
     """A pool of 2 processes for EMT, as a local run's onstart starts it."""
     monkeypatch.chdir(tmp_path)
-    handle = pool.start(2, "emt", tmp_path / "pool.log")
+    handle = pool.start(2, "emt", tmp_path / "pool.log", tmp_path / "no-run.json")
+    deadline = time.time() + 60  # listening (its abstract socket is in /proc/net/unix)
+    while f"@{handle.address}" not in Path("/proc/net/unix").read_text():
+        assert time.time() < deadline
+        assert handle.process.poll() is None
+        time.sleep(0.05)
     yield handle
     pool.stop(handle)
 
@@ -182,7 +187,7 @@ def test_pool_follows_its_snakemake_when_it_is_killed(tmp_path: Path, monkeypatc
     ready = multiprocessing.get_context("fork").Queue()
 
     def snakemake_stand_in() -> None:  # starts the pool, runs a job through it
-        handle = pool.start(2, "emt", tmp_path / "pool.log")
+        handle = pool.start(2, "emt", tmp_path / "pool.log", tmp_path / "no-run.json")
         ready.put(handle.process.pid)
         run(str(request), "logs/relax.log", job_code("emt")["digest"])
 

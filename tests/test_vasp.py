@@ -89,7 +89,7 @@ def test_missing_potcars_stop_the_run_before_anything_starts(
         write(workflow.structures / f"{el}.vasp", builder, format="vasp")
     proc = workflow.run("-n", check=False)
     assert proc.returncode != 0
-    assert "no POTCAR for 2 element(s) of this run (preset DefaultSetGGA" in proc.output
+    assert "poscarflow: no POTCAR for 2 element(s) of this run (preset DefaultSetGGA" in proc.output
     assert "Fe: No pseudopotential for Fe!" in proc.output
     assert "Ni: No pseudopotential for Ni!" in proc.output
     assert not (workflow.root / "results").exists()

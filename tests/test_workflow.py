@@ -60,8 +60,8 @@ def test_energies_match_direct_quacc_and_rerun_is_noop(workflow: Workflow, tmp_p
         relax_e, static_e = _direct_quacc(
             workflow.structures / f"{sid}.vasp", workflow.config["relax"], tmp_path / sid
         )
-        assert float(rows[sid]["relaxed_energy"]) == pytest.approx(relax_e, abs=1e-6)
-        assert float(rows[sid]["static_energy"]) == pytest.approx(static_e, abs=1e-6)
+        assert float(rows[sid]["relaxed_energy_eV"]) == pytest.approx(relax_e, abs=1e-6)
+        assert float(rows[sid]["static_energy_eV"]) == pytest.approx(static_e, abs=1e-6)
         assert rows[sid]["status"] == "done"
         calc = workflow.root / "results/calcs" / sid
         assert {p.name for p in (calc / "relax").iterdir()} >= {
@@ -80,7 +80,7 @@ def test_energies_match_direct_quacc_and_rerun_is_noop(workflow: Workflow, tmp_p
     assert sorted(relaxed) == sorted(ids)
     for sid in ids:
         energy = relaxed[sid].get_potential_energy()
-        assert energy == pytest.approx(float(rows[sid]["relaxed_energy"]), abs=1e-6)
+        assert energy == pytest.approx(float(rows[sid]["relaxed_energy_eV"]), abs=1e-6)
         assert relaxed[sid].get_forces().shape == (len(relaxed[sid]), 3)
     assert not list(workflow.root.glob("tmp-quacc-*"))
     assert not list((workflow.root / "results").rglob("tmp-quacc-*"))
@@ -99,10 +99,10 @@ def _check_plots_database_report(workflow: Workflow, ids: tuple[str, ...]) -> No
     db = ase.db.connect(str(results / "results.db"))
     rows = {row.structure_id: row for row in db.select()}
     assert sorted(rows) == sorted(ids)
-    energy = float(_rows(workflow)["Cu_fcc"]["relaxed_energy"])
+    energy = float(_rows(workflow)["Cu_fcc"]["relaxed_energy_eV"])
     assert rows["Cu_fcc"].energy == pytest.approx(energy, abs=1e-6)
     assert rows["Cu_fcc"].converged
-    assert rows["Cu_fcc"].calculator_name == "emt"
+    assert rows["Cu_fcc"].calculator == "emt"
     workflow.run("--report", "report.html")
     report = (workflow.root / "report.html").read_text()
     assert "summary.csv" in report
@@ -266,3 +266,51 @@ def test_unusable_folder_or_config_stops_before_anything_runs(
     assert f"poscarflow: {message}" in proc.output
     assert "Traceback" not in proc.output
     assert not (workflow.root / "results").exists()
+
+
+def test_quacc_settings_of_the_user_are_honoured_and_the_engine_neutralised(
+    workflow: Workflow, tmp_path: Path
+) -> None:
+    """Regression: QUACC_SCRATCH_DIR and QUACC_GZIP_FILES were silently overridden, and
+    QUACC_WORKFLOW_ENGINE=jobflow crashed every batch (ModuleNotFoundError: jobflow)."""
+    workflow.add_examples("Cu_fcc", "Cu_2x1x1_rattled")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {"QUACC_SCRATCH_DIR": str(scratch), "QUACC_GZIP_FILES": "true",
+           "QUACC_WORKFLOW_ENGINE": "jobflow"}  # fmt: skip
+    workflow.run(env=env)
+    relax = workflow.root / "results/calcs/Cu_2x1x1_rattled/relax"
+    assert (relax / "opt.traj.gz").exists()  # quacc gzipped its files
+    assert f"Run directory = {scratch}" in workflow.log("relax")  # ran in the scratch dir
+    pool_log = (workflow.root / "logs/pool.log").read_text()
+    assert "QUACC_WORKFLOW_ENGINE=jobflow ignored: Snakemake is the workflow engine" in pool_log
+    plain = Workflow(tmp_path / "plain")
+    plain.add_examples("Cu_fcc", "Cu_2x1x1_rattled")
+    plain.run()
+    for sid in ("Cu_fcc", "Cu_2x1x1_rattled"):
+        ours, theirs = workflow.summary(sid, "static"), plain.summary(sid, "static")
+        assert ours["energy"] == pytest.approx(theirs["energy"], abs=1e-10)
+    from poscarflow.files import read_frames
+
+    assert len(read_frames(relax / "opt.traj")) == workflow.summary(
+        "Cu_2x1x1_rattled", "relax")["opt_steps"] + 1  # fmt: skip
+
+
+def test_progress_lines_in_the_terminal_while_it_runs(workflow: Workflow) -> None:
+    """Regression: Snakemake sat at "0 of 7 steps" while a batch of 31 ran; now the pool
+    prints per-calculation counts every few seconds."""
+    import re
+
+    workflow.config["relax"]["fmax"] = 0.001
+    workflow.write_config()
+    for seed in range(16):
+        atoms = bulk("Al", cubic=True) * (2, 2, 2)
+        atoms.rattle(0.1, seed=seed)
+        write(workflow.structures / f"Al32_{seed}.vasp", atoms, format="vasp")
+    proc = workflow.run()
+    done = [int(n) for n in re.findall(r"poscarflow: relax (\d+)/16 done", proc.output)]
+    assert len(done) >= 3, proc.output[-3000:]
+    assert done == sorted(done)
+    assert 0 < done[1] < 16  # a count while the relaxes were running
+    assert done[-1] == 16
+    assert "static 16/16 done" in proc.output

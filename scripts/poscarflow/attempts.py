@@ -16,7 +16,13 @@ import shutil
 from typing import TYPE_CHECKING
 
 from poscarflow.compute import compute
-from poscarflow.files import publish_dir, remove_leftovers, unreadable, write_json
+from poscarflow.files import (
+    publish_dir,
+    remove_leftovers,
+    unreadable,
+    write_frames,
+    write_json,
+)
 from poscarflow.history import (
     append_history,
     attempts_ended,
@@ -24,23 +30,17 @@ from poscarflow.history import (
     interrupted,
     read_history,
 )
-from poscarflow.layout import ATTEMPT_MARKER, OPT_STATE, PATH, SUMMARY, TRAJECTORY
+from poscarflow.layout import ATTEMPT_MARKER, OPT_STATE, PATH, START, SUMMARY
 from poscarflow.policy import matching_rule
 from poscarflow.records import end_record, failed_summary, start_record
-from poscarflow.resume import (
-    Continuation,
-    WallTimeReached,
-    last_step,
-    optimizer_state,
-    read_frames,
-    write_frames,
-)
+from poscarflow.resume import WallTimeReached, continuation, last_step
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from poscarflow.layout import Layout
     from poscarflow.records import CalcSpec, HistoryRecord, Step, Summary
+    from poscarflow.resume import Continuation
 
 logger = logging.getLogger("poscarflow")
 
@@ -97,8 +97,8 @@ def run_attempts(
             return publish(layout, summary, tmp)
         logger.info("%s %s: attempt %d %s, restarting (policy %r)", step, sid, attempt,
                     failure, rule)  # fmt: skip
-        if failure == "unconverged":  # continue from the last geometry, not from the input
-            continued = Continuation(read_frames(tmp / TRAJECTORY), optimizer_state(tmp))
+        if failure in ("unconverged", "custodian"):  # from the last geometry, not the input
+            continued = continuation(tmp) or continued
 
 
 def _fresh_attempt_dir(
@@ -114,6 +114,8 @@ def _fresh_attempt_dir(
         write_frames(tmp / PATH, continued.frames)
         if continued.state is not None:  # the optimizer continues where it stopped
             (tmp / OPT_STATE).write_bytes(continued.state)
+        if continued.start is not None:  # VASP goes on from its CONTCAR
+            write_frames(tmp / START, [continued.start])
     return tmp
 
 
@@ -151,7 +153,7 @@ def publish(layout: Layout, summary: Summary, tmp: Path) -> Summary:
     """
     final = layout.calc_dir(summary["id"], summary["step"])
     tmp.mkdir(parents=True, exist_ok=True)
-    for scratch in (ATTEMPT_MARKER, OPT_STATE, PATH):  # only an unfinished attempt needs them
+    for scratch in (ATTEMPT_MARKER, OPT_STATE, PATH, START):  # only unfinished attempts need them
         (tmp / scratch).unlink(missing_ok=True)
     if summary["status"] == "failed":
         for path in unreadable(tmp):

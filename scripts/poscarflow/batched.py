@@ -38,7 +38,7 @@ from poscarflow.batch import reusable
 from poscarflow.calculators import get_calculator
 from poscarflow.compute import _numbers, _write_outputs, load_atoms, machine_fault
 from poscarflow.devices import resolve_device
-from poscarflow.files import remove_leftovers
+from poscarflow.files import read_frames, remove_leftovers
 from poscarflow.history import (
     append_history,
     attempts_ended,
@@ -49,7 +49,7 @@ from poscarflow.history import (
 from poscarflow.layout import TRAJECTORY, Layout
 from poscarflow.policy import matching_rule
 from poscarflow.records import end_record, failed_summary, new_summary, now, start_record
-from poscarflow.resume import Continuation, WallTimeReached, deadline, last_step, read_frames
+from poscarflow.resume import Continuation, WallTimeReached, deadline, last_step
 from poscarflow.structures import BadInput, structure_hash
 
 if TYPE_CHECKING:

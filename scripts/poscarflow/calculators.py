@@ -53,10 +53,12 @@ class Calculator:
     ase_optimizer
         Whether relaxes use an ASE optimizer (fmax, max_steps → opt_params, continued
         from the optimizer's restart file); VASP relaxes with its own (fmax → EDIFFG =
-        -fmax, max_steps → NSW).
+        -fmax, max_steps → NSW, less the ionic steps a continued relax already took).
     settings
         "module:function" returning the extra quacc settings of its jobs (VASP:
         custodian, the parallel command, the wall time), or None.
+    gamma_only
+        Whether it samples the Γ point only (xTB): a small periodic cell is warned about.
     calc_class
         "module:Class" of the ASE calculator its recipes build: `calc_kwargs` keys it does
         not accept are an error before anything runs. None accepts any key (VASP's
@@ -78,6 +80,7 @@ class Calculator:
     ase_optimizer: bool = True
     settings: str | None = None
     calc_class: str | None = None
+    gamma_only: bool = False
     own_kwargs: tuple[str, ...] = ()
     batched: bool = False
 
@@ -112,8 +115,20 @@ class Calculator:
         """The relax recipe's keyword arguments for the relax settings `params`."""
         kwargs = dict(params.get("calc_kwargs", {})) | {"relax_cell": params["relax_cell"]}
         if not self.ase_optimizer:
-            return kwargs | {"ediffg": -params["fmax"], "nsw": params["max_steps"]}
+            nsw = _steps_left(params["max_steps"], workdir)
+            return kwargs | {"ediffg": -params["fmax"], "nsw": nsw}
         return kwargs | {"opt_params": _opt_params(params, workdir)}
+
+
+def _steps_left(max_steps: int, workdir: Path) -> int:
+    """The ionic steps a relax has left: max_steps less those of the attempts it continues
+    (their path is in the attempt folder); all of them again when a restart the policy
+    granted finds none left, as an ASE relax's restart does."""
+    from poscarflow.files import read_frames
+    from poscarflow.layout import PATH
+
+    left = max_steps - max(0, len(read_frames(workdir / PATH)) - 1)
+    return left if left > 0 else max_steps
 
 
 def _opt_params(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -153,6 +168,7 @@ CALCULATORS: dict[str, Calculator] = {
         10,
         (("method", "GFN2-xTB"),),
         calc_class="tblite.ase:TBLite",
+        gamma_only=True,
     ),
     "tblite-gfn1": Calculator(
         "quacc.recipes.tblite.core",
@@ -161,6 +177,7 @@ CALCULATORS: dict[str, Calculator] = {
         10,
         (("method", "GFN1-xTB"),),
         calc_class="tblite.ase:TBLite",
+        gamma_only=True,
     ),
     "chgnet": Calculator(
         "poscarflow.chgnet",
@@ -197,7 +214,7 @@ CALCULATORS: dict[str, Calculator] = {
         batched=True,
     ),
     "vasp": Calculator(
-        "quacc.recipes.vasp.core",
+        "poscarflow.vasp",  # quacc.recipes.vasp.core, with the ionic path and custodian's log
         ("custodian",),
         None,
         1,

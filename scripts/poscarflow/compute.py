@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poscarflow.calculators import get_calculator
-from poscarflow.files import atomic_path
+from poscarflow.files import atomic_path, write_frames
 from poscarflow.layout import FINAL, PATH, RESULT, TRAJECTORY
 from poscarflow.records import Summary, new_summary, now
-from poscarflow.resume import Continuation, WallTimeReached, deadline, write_frames
+from poscarflow.resume import Continuation, WallTimeReached, deadline
+from poscarflow.settings import user_quacc_settings
 from poscarflow.structures import BadInput, StructureFile, read_structure, structure_hash
 
 if TYPE_CHECKING:
@@ -31,6 +32,18 @@ if TYPE_CHECKING:
     from poscarflow.records import CalcSpec, Step
 
 logger = logging.getLogger("poscarflow")
+# The only quacc settings poscarflow forces (the user's ~/.quacc.yaml and QUACC_* hold
+# for everything else: SCRATCH_DIR, GZIP_FILES, VASP and custodian settings, ...): each
+# calculation's files go to its attempt folder (RESULTS_DIR, set per attempt), in no
+# folder of quacc's own, and an unconverged relax is recorded, not raised.
+# QUACC_WORKFLOW_ENGINE is neutralised before quacc is imported (settings.py).
+FORCED_SETTINGS = {"CREATE_UNIQUE_DIR": False, "CHECK_CONVERGENCE": False}
+# Defaults of ours that a user's own choice overrides: files uncompressed, so that
+# `opt.traj` reads as it is (quacc's own default gzips them).
+DEFAULT_SETTINGS = {"GZIP_FILES": False}
+# A Γ-point-only method needs a cell this wide (Å) in every periodic direction before
+# its energies mean what they would in the crystal.
+GAMMA_ONLY_MIN_WIDTH = 10.0
 # OS errors that are the machine's fault, not the calculation's: a full disk or quota,
 # an I/O error, a file system that went away or turned read-only.
 INFRASTRUCTURE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, errno.EROFS}
@@ -53,10 +66,15 @@ def compute(
     try:
         atoms = continued.atoms if continued else load_atoms(step, spec, source)
         summary["input"]["structure_hash_read"] = structure_hash(atoms)
+        if calculator.gamma_only and (warning := _too_small_for_gamma(atoms)):
+            logger.warning("%s %s: %s", step, spec["id"], warning)
+            summary["warnings"] = [warning]
         result = _run_quacc(recipe, step, spec, atoms, workdir)
         if continued is not None:  # the whole path, from the input on
             result["trajectory"] = continued.frames + list(result["trajectory"][1:])
         summary |= _numbers(step, result)
+        if result.get("corrections"):  # custodian fixed VASP and reran it
+            summary["corrections"] = result["corrections"]
         _write_outputs(spec["id"], result, workdir, whole_path=continued is not None)
     except BadInput as err:
         summary |= {"status": "failed", "failure": "bad_input", "reason": str(err)}
@@ -66,12 +84,14 @@ def compute(
         fault = machine_fault(err)
         summary |= {
             "status": "failed",
-            "failure": "infrastructure" if fault else "error",
+            "failure": "infrastructure" if fault else getattr(err, "failure", "error"),
             "reason": f"{source['path']}: {_describe(fault or err)}",
             "traceback": traceback.format_exc().splitlines()[-20:],
         }
         if fault is not None:
             summary["cause"] = os.strerror(fault.errno)
+        if getattr(err, "corrections", None):  # what custodian tried before it gave up
+            summary["corrections"] = err.corrections  # type: ignore[attr-defined]
     summary["end"] = now()
     summary["wall_time"] = round(time.time() - started, 3)
     return summary
@@ -92,6 +112,24 @@ def _describe(err: BaseException) -> str:
         where = f" ({err.filename})" if err.filename else ""
         return f"{os.strerror(err.errno)}{where}"
     return f"{type(err).__name__}: {err}"
+
+
+def _too_small_for_gamma(atoms: Atoms) -> str | None:
+    """A warning when a periodic cell is narrower than GAMMA_ONLY_MIN_WIDTH in a periodic
+    direction (its distance between opposite faces), else None."""
+    import numpy as np
+
+    if not atoms.pbc.any():
+        return None
+    cell = atoms.cell.complete()
+    widths = atoms.cell.volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    narrow = min(w for w, periodic in zip(widths, atoms.pbc, strict=True) if periodic)
+    if narrow >= GAMMA_ONLY_MIN_WIDTH:
+        return None
+    return (
+        f"cell is {narrow:.1f} Å wide, and this method samples the Γ point only: make a "
+        f"supercell at least {GAMMA_ONLY_MIN_WIDTH:.0f} Å wide in every periodic direction"
+    )
 
 
 def load_atoms(step: Step, spec: CalcSpec, source: dict) -> Atoms:
@@ -123,13 +161,10 @@ def _run_quacc(recipe: Callable, step: Step, spec: CalcSpec, atoms: Atoms, workd
         kwargs = calculator.relax_kwargs(params, workdir)
     else:
         kwargs = dict(params.get("calc_kwargs", {}))
-    settings = {
-        "RESULTS_DIR": workdir.resolve(),
-        "SCRATCH_DIR": None,
-        "CREATE_UNIQUE_DIR": False,
-        "GZIP_FILES": False,
-        "CHECK_CONVERGENCE": False,  # unconverged is recorded, not raised
-    } | calculator.quacc_settings()
+    chosen = user_quacc_settings()
+    defaults = {k: v for k, v in DEFAULT_SETTINGS.items() if k not in chosen}
+    settings = defaults | FORCED_SETTINGS | {"RESULTS_DIR": workdir.resolve()}
+    settings |= calculator.quacc_settings()
     with change_settings(settings):
         result = recipe(atoms, **kwargs)
     converged = result.get("converged", True)
@@ -142,15 +177,20 @@ def _run_quacc(recipe: Callable, step: Step, spec: CalcSpec, atoms: Atoms, workd
 def _numbers(step: Step, result: dict) -> dict[str, Any]:
     """The few numbers of a quacc result that the summary table needs."""
     import numpy as np
+    from ase import units
 
     atoms = result["atoms"]
     forces = np.asarray(result["results"]["forces"])
+    results = result["results"]
+    stress = results.get("stress")
     numbers: dict[str, Any] = {
         "formula": atoms.get_chemical_formula(mode="metal"),
         "natoms": len(atoms),
-        "energy": float(result["results"]["energy"]),
-        "energy_per_atom": float(result["results"]["energy"]) / len(atoms),
+        "energy": float(results["energy"]),
+        "free_energy": float(results["free_energy"]) if "free_energy" in results else None,
+        "energy_per_atom": float(results["energy"]) / len(atoms),
         "max_force": float(np.linalg.norm(forces, axis=1).max()),
+        "max_stress": float(np.abs(stress).max() / units.GPa) if stress is not None else None,
         "volume": float(atoms.get_volume()) if atoms.pbc.all() else None,
         "status": "done",
     }
@@ -182,8 +222,9 @@ def _write_outputs(sid: str, result: dict, workdir: Path, *, whole_path: bool) -
     import ase.io
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    if whole_path:
+    if whole_path:  # replaces quacc's opt.traj of this attempt (gzipped or not)
         write_frames(workdir / TRAJECTORY, result["trajectory"])
+        (workdir / f"{TRAJECTORY}.gz").unlink(missing_ok=True)
         (workdir / PATH).unlink(missing_ok=True)
     with atomic_path(workdir / RESULT) as tmp, gzip.open(tmp, "wt") as handle:
         handle.write(encode_result(result))

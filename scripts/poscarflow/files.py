@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from ase import Atoms
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -66,7 +68,7 @@ def unreadable(folder: Path) -> list[Path]:
 
     from ase.io.trajectory import Trajectory
 
-    bad = []
+    bad = [p for p in folder.rglob("*") if p.is_symlink() and not p.exists()]  # dangling
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
             if path.suffix == ".traj":
@@ -82,3 +84,36 @@ def unreadable(folder: Path) -> list[Path]:
         except Exception:  # any reader's error means the file is not usable
             bad.append(path)
     return bad
+
+
+def read_frames(path: Path) -> list[Atoms]:
+    """The frames of a trajectory, as many as can be read (a kill may cut the last);
+    `opt.traj.gz` where quacc gzipped `opt.traj` (QUACC_GZIP_FILES)."""
+    import gzip
+    import io
+
+    from ase.io.trajectory import Trajectory
+
+    frames: list[Atoms] = []
+    zipped = path.with_name(path.name + ".gz")
+    try:
+        source = (
+            path
+            if path.exists() or not zipped.exists()
+            else io.BytesIO(gzip.decompress(zipped.read_bytes()))
+        )
+        with Trajectory(source) as traj:
+            for i in range(len(traj)):
+                frames.append(traj[i])
+    except Exception:  # missing, or cut by a kill or a full disk: keep what was read
+        pass
+    return frames
+
+
+def write_frames(path: Path, frames: list[Atoms]) -> None:
+    """Write a trajectory atomically (energies and forces kept)."""
+    from ase.io.trajectory import Trajectory
+
+    with atomic_path(path) as tmp, Trajectory(str(tmp), "w") as traj:
+        for atoms in frames:
+            traj.write(atoms)

@@ -76,7 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("log", help="the rule's log file")
     parser.add_argument("--code", required=True, help="code fingerprint digest planned")
     args = parser.parse_args(argv)
+    engine = settings.neutralise_workflow_engine()
     try:
+        if engine:
+            log_to(args.log)
+            log.info("QUACC_WORKFLOW_ENGINE=%s ignored: Snakemake is the workflow engine", engine)
         run(args.request, args.log, args.code)
     except JobError as err:
         log.error("%s", err)

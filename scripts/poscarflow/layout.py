@@ -25,6 +25,7 @@ TRAJECTORY = "opt.traj"
 PATH = "path.traj"  # in an attempt folder: the optimizer path of the attempts it continues
 ATTEMPT_MARKER = "attempt.json"
 OPT_STATE = "optimizer-state.json"  # the ASE optimizer's restart file, in an attempt folder
+START = "start.traj"  # in an attempt folder: where a continued VASP relax goes on from
 HISTORY = "history.jsonl"
 PLOTS = ("energy_per_atom", "convergence", "volume_change")
 
@@ -92,6 +93,16 @@ class Layout:
         return self.root / "summary.json"
 
     @property
+    def table_html(self) -> Path:
+        """The results table as HTML, for the Snakemake report."""
+        return self.root / "summary.html"
+
+    @property
+    def overview(self) -> Path:
+        """What was run and how it went, included in the report's description page."""
+        return self.root / "overview.rst"
+
+    @property
     def relaxed(self) -> Path:
         """Every relaxed structure, extxyz with energies and forces."""
         return self.root / "relaxed.extxyz"
@@ -113,4 +124,5 @@ class Layout:
     def run_outputs(self) -> list[Path]:
         """Everything made from all calculations together (stale after a reset)."""
         plots = [self.plot(name) for name in PLOTS]
-        return [self.table, self.table_json, self.relaxed, self.database, *plots, self.complete]
+        tables = [self.table, self.table_json, self.table_html, self.overview]
+        return [*tables, self.relaxed, self.database, *plots, self.complete]

@@ -147,6 +147,15 @@ class Plan:
             }
         return specs
 
+    def run_file(self) -> Path:
+        """A file naming this run's results folder and structure ids (for the pool's
+        progress lines), named by its content."""
+        run = {"results": str(self.layout.root), "ids": list(self.structures)}
+        path = self.layout.root / "requests" / f"run-{digest(run)}.json"
+        if not path.exists():
+            write_json(path, run)
+        return path
+
     def check(self) -> None:
         """Plan everything now, so that a bad folder or config is one ValueError."""
         _ = self.batches

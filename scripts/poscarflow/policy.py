@@ -19,7 +19,15 @@ from poscarflow.files import atomic_path
 
 SCHEMA = Path(__file__).resolve().parent / "schemas" / "restart_policy.schema.yaml"
 # Failure classes a policy can name besides patterns; bad input is never restarted.
-CLASSES = ("unconverged", "oom", "timeout", "node_failure", "infrastructure", "error")
+CLASSES = (
+    "unconverged",
+    "oom",
+    "timeout",
+    "node_failure",
+    "infrastructure",
+    "custodian",
+    "error",
+)
 NEVER = "bad_input"
 HEADER = (
     "# Restart policy (schema: scripts/poscarflow/schemas/restart_policy.schema.yaml):\n"

@@ -67,11 +67,7 @@ class PoolError(RuntimeError):
 def submit(request: Request, address: tuple[str, bytes]) -> dict[str, str]:
     """Have the pool run a batch request; return what it could not finish (see
     batch.run_batch)."""
-    name, key = address
-    try:
-        conn = Client("\0" + name, "AF_UNIX", authkey=key)
-    except OSError as err:
-        raise PoolError(f"this run's pool does not answer ({err}); is its Snakemake gone?") from err
+    conn = _connect(*address)
     with conn:
         conn.send(request)
         try:
@@ -81,6 +77,21 @@ def submit(request: Request, address: tuple[str, bytes]) -> dict[str, str]:
     if reply["error"]:
         raise PoolError(reply["error"])
     return reply["lost"]
+
+
+def _connect(name: str, key: bytes, wait: float = 60) -> Any:
+    """A connection to the pool; a pool that is still starting is waited for."""
+    deadline = time.time() + wait
+    while True:
+        try:
+            return Client("\0" + name, "AF_UNIX", authkey=key)
+        except ConnectionRefusedError as err:  # not listening yet, or gone
+            if time.time() > deadline:
+                raise PoolError(f"this run's pool does not answer ({err}); is its Snakemake "
+                                "gone?") from err  # fmt: skip
+            time.sleep(0.05)
+        except OSError as err:
+            raise PoolError(f"this run's pool does not answer ({err})") from err
 
 
 # Snakemake's side: start and stop the server.
@@ -93,31 +104,26 @@ class PoolHandle:
     key: str
 
 
-def start(processes: int, calculator: str, logfile: str | Path) -> PoolHandle:
-    """Start the server and announce it to this process's jobs through the environment."""
+def start(processes: int, calculator: str, logfile: str | Path, progress: Path) -> PoolHandle:
+    """Start the server and announce it to this process's jobs through the environment.
+
+    `progress` is a JSON file with the results folder and the run's structure ids: the
+    server prints a progress line for them to Snakemake's terminal every few seconds
+    (its log goes to `logfile`).
+    """
     address = f"poscarflow-{os.getpid()}-{secrets.token_hex(8)}"
     key = secrets.token_hex(32)
     Path(logfile).parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "poscarflow.pool", address, str(processes), calculator,
+               str(progress)]  # fmt: skip
     with open(logfile, "a") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "poscarflow.pool", address, str(processes), calculator],
-            env=os.environ | settings.ONE_THREAD | {settings.POOL_KEY: key},
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            command, env=os.environ | settings.ONE_THREAD | {settings.POOL_KEY: key},
+            stdin=subprocess.DEVNULL, stderr=out,
         )  # fmt: skip
-    _wait_listening(process, address)
     os.environ[settings.POOL_ADDRESS] = address
     os.environ[settings.POOL_KEY] = key
     return PoolHandle(process, address, key)
-
-
-def _wait_listening(process: subprocess.Popen, address: str, timeout: float = 60) -> None:
-    """Wait until the server listens (its abstract socket is in /proc/net/unix)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
-        if f"@{address}" in Path("/proc/net/unix").read_text():
-            return
-        time.sleep(0.02)
-    raise PoolError(f"the pool did not start (exit {process.poll()}); see its log")
 
 
 def stop(handle: PoolHandle | None) -> None:
@@ -275,26 +281,92 @@ def _handle(conn: Any, pool: SupervisedPool) -> None:
                 conn.send({"lost": {}, "error": f"{type(err).__name__}: {err}"})
 
 
+def _exit(pool: SupervisedPool, status: int = 0, progress: _Progress | None = None) -> None:
+    """Print the last progress line, log the pool's peak memory, kill its processes, exit."""
+    import resource
+
+    if progress is not None:
+        progress.tick()
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    log.info("peak memory: server %.0f MB, largest pool process %.0f MB", own,
+             max((_peak_mb(p.process.pid) for p in pool.procs), default=0))  # fmt: skip
+    pool.kill()
+    os._exit(status)
+
+
+def _peak_mb(pid: int) -> float:
+    """A live process's peak resident memory (VmHWM), in MB."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def _exit_with(parent: int, pool: SupervisedPool) -> None:
     """Exit when the Snakemake process that started us is gone (even after SIGKILL)."""
     while os.getppid() == parent:
         time.sleep(0.2)
     log.warning("Snakemake (pid %d) is gone: stopping the pool", parent)
-    pool.kill()
-    os._exit(1)
+    _exit(pool, 1)
 
 
-def serve(address: str, processes: int, calculator: str) -> None:
+class _Progress:
+    """Progress lines for Snakemake's terminal: printed when they change, at most every
+    5 s (less often when counting takes long: 10,000 structures take about a second),
+    and once more when the pool stops."""
+
+    def __init__(self, run: Path) -> None:
+        from datetime import UTC, datetime
+
+        from poscarflow.files import read_json
+        from poscarflow.layout import Layout
+
+        info = read_json(run) or {}
+        self.layout = Layout(Path(info.get("results", "results")))
+        self.ids: list[str] = info.get("ids", [])
+        self.started = datetime.now(UTC)
+        self.last = ""
+        self.lock = threading.Lock()
+
+    def tick(self) -> None:
+        """Print the current line if it changed."""
+        from poscarflow.progress import progress, progress_line
+
+        with self.lock:
+            try:
+                line = progress_line(progress(self.layout, self.ids, since=self.started))
+            except Exception:  # a half-written file: try again next time
+                log.exception("progress not counted")
+                return
+            if line != self.last:
+                print(f"poscarflow: {line}", flush=True)
+                self.last = line
+
+    def run(self) -> None:
+        """Tick forever (a daemon thread)."""
+        while True:
+            begin = time.time()
+            self.tick()
+            time.sleep(max(5.0, 10 * (time.time() - begin)))
+
+
+def serve(address: str, processes: int, calculator: str, progress: str | None = None) -> None:
     """Listen first (jobs may connect while quacc imports), then start the pool."""
     from poscarflow.calculators import get_calculator
 
     parent = os.getppid()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s pool: %(message)s")
+    if engine := settings.neutralise_workflow_engine():  # before the fork server imports quacc
+        log.info("QUACC_WORKFLOW_ENGINE=%s ignored: Snakemake is the workflow engine", engine)
     listener = Listener("\0" + address, "AF_UNIX", authkey=os.environ[settings.POOL_KEY].encode())
     started = time.time()
     pool = SupervisedPool(processes, [*PRELOAD, get_calculator(calculator).module])
-    signal.signal(signal.SIGTERM, lambda *_: (pool.kill(), os._exit(0)))
+    reporter = _Progress(Path(progress)) if progress else None
+    signal.signal(signal.SIGTERM, lambda *_: _exit(pool, 0, reporter))
     threading.Thread(target=_exit_with, args=(parent, pool), daemon=True).start()
+    if reporter is not None:
+        threading.Thread(target=reporter.run, daemon=True).start()
     log.info("%d processes starting (%.1f s)", processes, time.time() - started)
     uid = os.getuid()
     for _ in itertools.count():
@@ -313,4 +385,4 @@ def serve(address: str, processes: int, calculator: str) -> None:
 if __name__ == "__main__":  # the pool's functions must pickle as poscarflow.pool's
     from poscarflow import pool  # noqa: PLW0406
 
-    pool.serve(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    pool.serve(sys.argv[1], int(sys.argv[2]), sys.argv[3], *sys.argv[4:])

@@ -15,10 +15,11 @@ from poscarflow.settings import slurm_job_id
 Step = Literal["relax", "static"]
 Status = Literal["done", "unconverged", "failed"]
 # Why a calculation failed. `bad_input` is never restarted; `infrastructure` (a full
-# disk, a lost file system, a dead pool process) is not the calculation's fault.
+# disk, a lost file system, a dead pool process) is not the calculation's fault;
+# `custodian`: custodian gave up on VASP.
 Failure = Literal[
     "bad_input", "unconverged", "oom", "timeout", "node_failure", "interrupted",
-    "infrastructure", "error",
+    "infrastructure", "custodian", "error",
 ]  # fmt: skip
 
 
@@ -78,6 +79,7 @@ class Summary(TypedDict, total=False):
     failure: Failure | None
     reason: str
     cause: str  # a failure of the machine: what the system said (strerror)
+    corrections: list[dict[str, Any]]  # custodian's: handler, errors, actions
     warnings: list[str]
     traceback: list[str]
     formula: str
@@ -110,6 +112,7 @@ class HistoryRecord(TypedDict, total=False):
     rule: str | None  # the policy entry that covered the failure
     restarted: bool
     continued_from: int  # optimizer step the attempt continued from
+    corrections: list[dict[str, Any]]  # what custodian fixed in VASP's run, and how
     traceback: list[str]
 
 
@@ -146,12 +149,16 @@ def start_record(step: Step, attempt: int, key: str, continued_from: int = 0) ->
 def end_record(
     step: Step, attempt: int, key: str, summary: Summary, *, rule: str | None, restarted: bool
 ) -> HistoryRecord:
-    """An attempt ended, with its outcome and whether the policy restarts it."""
-    return HistoryRecord(
+    """An attempt ended, with its outcome, custodian's corrections if any, and whether the
+    policy restarts it."""
+    record = HistoryRecord(
         event="end", step=step, attempt=attempt, time=now(), key=key,
         status=summary["status"], failure=summary.get("failure"), reason=summary.get("reason"),
         rule=rule, restarted=restarted, traceback=summary.get("traceback", [])[-5:],
     )  # fmt: skip
+    if summary.get("corrections"):
+        record["corrections"] = summary["corrections"]
+    return record
 
 
 def reset_record(step: Step) -> HistoryRecord:

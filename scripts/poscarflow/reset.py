@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from poscarflow.files import read_json
 from poscarflow.history import append_history
 from poscarflow.layout import STEPS, Layout
-from poscarflow.plan import Plan
 from poscarflow.records import reset_record
+from poscarflow.why import unknown_ids
+
+if TYPE_CHECKING:
+    from poscarflow.plan import Plan
 
 
 def reset(
@@ -26,7 +30,32 @@ def reset(
     list them so that Snakemake reruns those batches (their finished calculations are
     reused, not touched), and the run-wide outputs made from them (table, database,
     plots), which Snakemake would otherwise keep as up to date and never rebuild.
+
+    Parameters
+    ----------
+    plan
+        The plan of the current config (its batches name the manifests to remove).
+    results
+        The results folder.
+    ids
+        Structure ids (default: all).
+    failure
+        Only structures whose first failed step failed with this class.
+    dry_run
+        Say what would be reset (`would reset ...`), change nothing.
+
+    Returns
+    -------
+    list[str]
+        One line per calculation reset, or `nothing to reset`.
+
+    Raises
+    ------
+    ValueError
+        If an id is not one of the plan's structures.
     """
+    if unknown := unknown_ids(plan, ids):
+        raise ValueError(f"unknown structure ids: {', '.join(unknown)}")
     actions = []
     layout = Layout(Path(results))
     for sid in ids or list(plan.structures):
@@ -35,7 +64,8 @@ def reset(
         if not failed or (failure and summaries[failed[0]].get("failure") != failure):
             continue
         for step in failed:
-            actions.append(f"reset {sid} {step}: {summaries[step].get('reason', '')}")
+            verb = "would reset" if dry_run else "reset"
+            actions.append(f"{verb} {sid} {step}: {summaries[step].get('reason', '')}")
             if not dry_run:
                 _clear(plan, layout, sid, step)
     if actions and not dry_run:

@@ -7,7 +7,9 @@ Ctrl-C), the folder stays: the next attempt finds the last completed optimizer s
 quacc's `opt.traj` and continues from that geometry with the optimizer's state (the
 restart file ASE optimizers write at every step, e.g. BFGS's Hessian), so it takes the
 path the killed one would have taken; the published `opt.traj` holds every attempt's
-frames in order, from the input on.
+frames in order, from the input on. A VASP relax (VASP's own optimizer) leaves its path
+in VASP's files instead, and goes on from its CONTCAR with the ionic steps left
+(vasp_files.py).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from poscarflow import settings, slurm
-from poscarflow.files import atomic_path, read_json
-from poscarflow.layout import ATTEMPT_MARKER, OPT_STATE, PATH, TRAJECTORY
+from poscarflow.files import atomic_path, read_frames, read_json
+from poscarflow.layout import ATTEMPT_MARKER, OPT_STATE, PATH, START, TRAJECTORY
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -35,11 +37,12 @@ class Continuation:
 
     frames: list[Atoms]  # every optimizer step so far, the input first
     state: bytes | None  # the optimizer's restart file, if one survived
+    start: Atoms | None = None  # VASP: the geometry it goes on from (CONTCAR), if not the last
 
     @property
     def atoms(self) -> Atoms:
         """The geometry the next attempt starts from."""
-        return self.frames[-1].copy()
+        return (self.start if self.start is not None else self.frames[-1]).copy()
 
     @property
     def done_steps(self) -> int:
@@ -47,35 +50,29 @@ class Continuation:
         return len(self.frames) - 1
 
 
-def read_frames(path: Path) -> list[Atoms]:
-    """The frames of a trajectory, as many as can be read (a kill may cut the last)."""
-    from ase.io.trajectory import Trajectory
-
-    frames: list[Atoms] = []
-    try:
-        with Trajectory(str(path)) as traj:
-            for i in range(len(traj)):
-                frames.append(traj[i])
-    except Exception:  # missing, or cut by a kill or a full disk: keep what was read
-        pass
-    return frames
-
-
-def write_frames(path: Path, frames: list[Atoms]) -> None:
-    """Write a trajectory atomically (energies and forces kept)."""
-    from ase.io.trajectory import Trajectory
-
-    with atomic_path(path) as tmp, Trajectory(str(tmp), "w") as traj:
-        for atoms in frames:
-            traj.write(atoms)
-
-
 def attempt_path(folder: Path) -> list[Atoms]:
     """The whole path an attempt folder holds: earlier attempts' frames, then its own
-    (quacc's `opt.traj`, in its run folder while the relax runs)."""
+    (quacc's `opt.traj`, in its run folder while the relax runs; VASP's ionic steps)."""
+    from poscarflow.vasp_files import ionic_path
+
     earlier = read_frames(folder / PATH)
-    own = max((read_frames(p) for p in folder.rglob(TRAJECTORY)), key=len, default=[])
+    runs = [*folder.rglob(TRAJECTORY), *folder.glob(f"symlink-*/{TRAJECTORY}")]  # scratch
+    own = max((read_frames(p) for p in runs), key=len, default=[])
+    own = own or ionic_path(folder)
     return earlier + own[1:] if earlier else own
+
+
+def continuation(folder: Path) -> Continuation | None:
+    """How to continue the relax an attempt folder holds, or None if it holds no step."""
+    from poscarflow.vasp_files import restart_geometry
+
+    frames = attempt_path(folder)
+    if not frames:
+        return None
+    start = restart_geometry(folder)  # VASP's CONTCAR; else where a continued one began
+    if start is None:
+        start = next(iter(read_frames(folder / START)), None)
+    return Continuation(frames, optimizer_state(folder), start)
 
 
 def last_step(layout: Layout, sid: str, key: str) -> Continuation | None:
@@ -84,9 +81,9 @@ def last_step(layout: Layout, sid: str, key: str) -> Continuation | None:
     for folder in layout.attempt_dirs(sid, "relax"):
         if (read_json(folder / ATTEMPT_MARKER) or {}).get("key") != key:
             continue
-        frames = attempt_path(folder)
-        if frames and (best is None or len(frames) > len(best.frames)):
-            best = Continuation(frames, optimizer_state(folder))
+        found = continuation(folder)
+        if found and (best is None or len(found.frames) > len(best.frames)):
+            best = found
     return best
 
 

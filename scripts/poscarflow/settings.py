@@ -6,7 +6,9 @@ so a job's behaviour can be read from that file and these few variables.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 # Set by the pool for the jobs of one local run (see pool.py); absent on SLURM.
 POOL_ADDRESS = "POSCARFLOW_POOL"
@@ -21,6 +23,8 @@ SLURM_JOB_ID = "SLURM_JOB_ID"
 SLURM_NTASKS = "SLURM_NTASKS"
 # quacc's own setting that poscarflow neutralises: Snakemake is the workflow engine.
 QUACC_WORKFLOW_ENGINE = "QUACC_WORKFLOW_ENGINE"
+# quacc's own settings file (its default is ~/.quacc.yaml).
+QUACC_CONFIG_FILE = "QUACC_CONFIG_FILE"
 # One BLAS/OpenMP thread per pool process: the pool already uses every core.
 ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
@@ -45,3 +49,24 @@ def pool_address() -> tuple[str, bytes] | None:
     """This run's pool (address, key), or None when the job must compute itself."""
     address, key = os.environ.get(POOL_ADDRESS), os.environ.get(POOL_KEY)
     return (address, key.encode()) if address and key else None
+
+
+def neutralise_workflow_engine() -> str | None:
+    """Make quacc run each recipe as a plain function (Snakemake is the workflow engine);
+    returns the user's QUACC_WORKFLOW_ENGINE if one was set. Must run before quacc is
+    imported: quacc refuses to change its engine later."""
+    previous = os.environ.get(QUACC_WORKFLOW_ENGINE)
+    os.environ[QUACC_WORKFLOW_ENGINE] = "None"
+    return previous if previous not in (None, "", "None", "null") else None
+
+
+def user_quacc_settings() -> set[str]:
+    """The quacc settings the user chose (QUACC_<NAME> variables, keys of quacc's
+    settings file), as names without the prefix; poscarflow's defaults yield to them."""
+    import yaml
+
+    chosen = {name[6:] for name in os.environ if name.startswith("QUACC_")}
+    path = Path(os.environ.get(QUACC_CONFIG_FILE, "~/.quacc.yaml")).expanduser()
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        chosen |= set(yaml.safe_load(path.read_text()) or {})
+    return chosen

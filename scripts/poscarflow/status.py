@@ -1,48 +1,47 @@
 """`poscarflow status`: every structure's state, from any shell, during or after a run.
 
-It reads only files (summaries, task histories), never Snakemake's state, so it works
-while a run is in progress and needs no running Snakemake.
+It reads only files (task histories, summaries), never Snakemake's state, so it works
+while a run is in progress and needs no running Snakemake. Each structure's history and
+summaries are read once, and the jobs' code fingerprint is computed once per call.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from poscarflow.files import read_json
-from poscarflow.history import attempts_ended, read_history
 from poscarflow.layout import STEPS, Layout
-from poscarflow.plan import Plan
-from poscarflow.why import reasons
+from poscarflow.progress import Calc, calc_states
+from poscarflow.why import Staleness, unknown_ids
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from poscarflow.plan import Plan
+    from poscarflow.records import Step, Summary
 
 ORDER = ("failed", "running", "interrupted", "stale", "pending", "unconverged", "done")
 
 
-def _alive(record: dict, layout: Layout, sid: str, step: str) -> bool:
-    """Whether the attempt that `record` started is still running on this host."""
-    if record.get("host") != socket.gethostname():
-        return bool(record.get("slurm_job_id"))  # elsewhere: trust it until it ends
-    for tmp in layout.attempt_dirs(sid, step):
-        try:
-            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
-            return True
-        except (ValueError, ProcessLookupError, PermissionError):
-            continue
-    return False
+def step_state(calc: Calc, summary: Summary | None, stale: list[str] | None = None) -> dict:
+    """The state of one calculation, with what a user wants to see next to it.
 
-
-def step_state(plan: Plan, results: str, sid: str, step: str) -> dict:
-    """The state of one calculation, with what a user wants to see next to it."""
-    layout = Layout(Path(results))
-    history = read_history(layout.history(sid), step)
-    summary = read_json(layout.summary(sid, step))
-    attempts = attempts_ended(history)
-    info = {"state": "pending", "attempts": attempts, "reason": "", "failure": None}
-    if history and history[-1].get("event") == "start":
-        alive = _alive(history[-1], layout, sid, step)
-        info["state"] = "running" if alive else "interrupted"
-        info["slurm_job_id"] = history[-1].get("slurm_job_id")
+    Parameters
+    ----------
+    calc
+        What its task history says (`progress.calc_states`).
+    summary
+        Its `summary.json`, or None if it has none.
+    stale
+        Why it would be recomputed (`why.Staleness`); a done calculation with reasons
+        is `stale`.
+    """
+    info = {"state": "pending", "attempts": calc.attempts, "reason": "", "failure": None}
+    if calc.state in ("running", "interrupted"):
+        info["state"] = calc.state
+        info["slurm_job_id"] = (calc.record or {}).get("slurm_job_id")
         return info
     if summary is None:
         return info
@@ -53,21 +52,50 @@ def step_state(plan: Plan, results: str, sid: str, step: str) -> dict:
         "energy_per_atom": summary.get("energy_per_atom"),
         "slurm_job_id": summary.get("slurm_job_id"),
     }
-    stale = reasons(plan, results, sid, step)
     if stale and summary["status"] == "done":
         info |= {"state": "stale", "reason": "; ".join(stale)}
     return info
 
 
-def status(plan: Plan, results: str = "results", ids: list[str] | None = None) -> list[dict]:
-    """One row per structure: overall state and each step's state."""
+def status(
+    plan: Plan, results: str = "results", ids: list[str] | None = None, *,
+    states: Mapping[str, Mapping[Step, Calc]] | None = None,
+) -> list[dict]:  # fmt: skip
+    """One row per structure: overall state and each step's state.
+
+    Parameters
+    ----------
+    plan
+        The plan of the current config.
+    results
+        The results folder.
+    ids
+        Structure ids (default: all).
+    states
+        What `progress.calc_states` says of these ids, if the caller has it already (to
+        count progress from the same reading).
+
+    Raises
+    ------
+    ValueError
+        If an id is not one of the plan's structures.
+    """
+    if unknown := unknown_ids(plan, ids):
+        raise ValueError(f"unknown structure ids: {', '.join(unknown)}")
+    layout, staleness, host = Layout(Path(results)), Staleness(plan, results), socket.gethostname()
     rows = []
     for sid in ids or list(plan.structures):
-        steps = {step: step_state(plan, results, sid, step) for step in STEPS}
+        calcs = states[sid] if states is not None else calc_states(layout, sid, host=host)
+        steps = {}
+        for step in STEPS:
+            summary = read_json(layout.summary(sid, step))
+            stale = staleness.compare(sid, step, summary) if summary is not None else None
+            steps[step] = step_state(calcs[step], summary, stale)
         state = min((s["state"] for s in steps.values()), key=ORDER.index)
         worst = next(s for s in steps.values() if s["state"] == state)
         rows.append({
             "id": sid, "state": state, "failure": worst["failure"], "reason": worst["reason"],
+            "steps": {step: s["state"] for step, s in steps.items()},
             "attempts": {step: s["attempts"] for step, s in steps.items()},
             "energy_per_atom": steps["static"].get("energy_per_atom"),
             "slurm_job_id": steps["relax"].get("slurm_job_id"),
@@ -75,14 +103,32 @@ def status(plan: Plan, results: str = "results", ids: list[str] | None = None) -
     return rows
 
 
+def table_cells(row: dict) -> list[str]:
+    """One row's cells, in the order of HEADER."""
+    energy = "" if row["energy_per_atom"] is None else f"{row['energy_per_atom']:.6f}"
+    tries = "/".join(str(n) for n in row["attempts"].values())
+    return [row["id"], row["state"], tries, energy, row["slurm_job_id"] or "", row["reason"]]
+
+
+HEADER = ("id", "state", "attempts", "E/atom (eV)", "slurm", "reason")
+RIGHT = {"E/atom (eV)"}
+
+
 def format_table(rows: list[dict]) -> str:
-    """The rows as an aligned text table followed by totals per state."""
-    lines = [f"{'id':<24} {'state':<12} {'attempts':<9} {'E/atom (eV)':>12}  {'slurm':<8} reason"]
-    for r in rows:
-        energy = "" if r["energy_per_atom"] is None else f"{r['energy_per_atom']:.6f}"
-        tries = "/".join(str(n) for n in r["attempts"].values())
-        lines.append(f"{r['id']:<24} {r['state']:<12} {tries:<9} {energy:>12}  "
-                     f"{r['slurm_job_id'] or '':<8} {r['reason']}")  # fmt: skip
-    totals = {s: sum(r["state"] == s for r in rows) for s in ORDER}
-    lines.append(", ".join(f"{n} {s}" for s, n in totals.items() if n) + f" ({len(rows)} total)")
+    """The rows as an aligned text table (columns as wide as their longest cell), then
+    totals per state."""
+    cells = [list(HEADER), *(table_cells(r) for r in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(HEADER) - 1)]
+    lines = []
+    for line in cells:
+        padded = [cell.rjust(w) if HEADER[i] in RIGHT else cell.ljust(w)
+                  for i, (cell, w) in enumerate(zip(line, widths, strict=False))]  # fmt: skip
+        lines.append("  ".join([*padded, line[-1]]).rstrip())
+    lines.append(totals(rows))
     return "\n".join(lines)
+
+
+def totals(rows: list[dict]) -> str:
+    """`1 failed, 2 done (3 total)`."""
+    counts = {s: sum(r["state"] == s for r in rows) for s in ORDER}
+    return ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" ({len(rows)} total)"

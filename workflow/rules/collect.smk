@@ -1,83 +1,64 @@
 localrules:
     collect,
     check,
-    plots,
-    database,
 
 
+# Table, relaxed structures, database and plots in one process (see poscarflow.finish).
 rule collect:
     input:
         manifests("relax"),
         manifests("static"),
     output:
         table=report(
-            f"{RESULTS}/summary.csv",
+            str(LAYOUT.table),
             caption="../report/summary.rst",
             category="Results",
         ),
-        extxyz=f"{RESULTS}/relaxed.extxyz",
+        table_json=str(LAYOUT.table_json),
+        table_html=report(
+            str(LAYOUT.table_html),
+            caption="../report/summary_html.rst",
+            category="Results",
+        ),
+        overview=str(LAYOUT.overview),
+        extxyz=str(LAYOUT.relaxed),
+        database=str(LAYOUT.database),
+        energies=report(
+            str(LAYOUT.plot("energy_per_atom")),
+            caption="../report/energy_per_atom.rst",
+            category="Plots",
+        ),
+        convergence=report(
+            str(LAYOUT.plot("convergence")),
+            caption="../report/convergence.rst",
+            category="Plots",
+        ),
+        volumes=report(
+            str(LAYOUT.plot("volume_change")),
+            caption="../report/volume_change.rst",
+            category="Plots",
+        ),
     log:
         "logs/collect.log",
     retries: 0
     conda:
         "../envs/poscarflow.yaml"
     params:
-        ids=list(PLAN.structures),
-    script:
-        "../../scripts/collect.py"
+        ids=structure_ids_digest,
+        run=run_file,
+    shell:
+        "python -m poscarflow.finish {params.run:q} {log:q}"
 
 
 rule check:
     input:
-        f"{RESULTS}/summary.csv",
+        str(LAYOUT.table_json),
     output:
-        f"{RESULTS}/.complete",
+        str(LAYOUT.complete),
     log:
         "logs/check.log",
     retries: 0
     conda:
         "../envs/poscarflow.yaml"
-    script:
-        "../../scripts/check.py"
-
-
-rule plots:
-    input:
-        f"{RESULTS}/summary.csv",
-    output:
-        energies=report(
-            f"{RESULTS}/plots/energy_per_atom.png",
-            caption="../report/energy_per_atom.rst",
-            category="Plots",
-        ),
-        convergence=report(
-            f"{RESULTS}/plots/convergence.png",
-            caption="../report/convergence.rst",
-            category="Plots",
-        ),
-        volumes=report(
-            f"{RESULTS}/plots/volume_change.png",
-            caption="../report/volume_change.rst",
-            category="Plots",
-        ),
-    log:
-        "logs/plots.log",
-    retries: 0
-    conda:
-        "../envs/poscarflow.yaml"
-    script:
-        "../../scripts/plots.py"
-
-
-rule database:
-    input:
-        f"{RESULTS}/summary.csv",
-    output:
-        f"{RESULTS}/results.db",
-    log:
-        "logs/database.log",
-    retries: 0
-    conda:
-        "../envs/poscarflow.yaml"
-    script:
-        "../../scripts/database.py"
+    shell:
+        "python -m poscarflow.finish --check {input:q} {output:q} {log:q}"

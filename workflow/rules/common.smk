@@ -3,7 +3,7 @@ import re
 from pathlib import Path
 
 from poscarflow import pool
-from poscarflow.fingerprint import job_code
+from poscarflow.fingerprint import digest, job_code
 from poscarflow.history import failures, read_history
 from poscarflow.layout import PLOTS, Layout
 from poscarflow.plan import Plan
@@ -14,14 +14,14 @@ from poscarflow.vasp import check_potcars
 LAYOUT = Layout(Path("results"))
 RESULTS = str(LAYOUT.root)
 PLAN = Plan(config, layout=LAYOUT)
+POLICY = read_file(config["restart_policy"])
 try:  # an unusable structure folder or config: one line, before anything runs
     PLAN.check()
+    if config["calculator"] == "vasp":  # every POTCAR, before anything is submitted
+        for preset in PLAN.vasp_presets:
+            check_potcars(PLAN.elements, preset)
 except ValueError as err:
     raise SystemExit(f"poscarflow: {err}") from None
-POLICY = read_file(config["restart_policy"])
-if config["calculator"] == "vasp":  # every POTCAR, before anything is submitted
-    for preset in PLAN.vasp_presets:
-        check_potcars(PLAN.elements, preset)
 MEM_MB = 2000  # per batch job, before escalation
 # The code a relax or static job runs (our modules and package versions) is part of its
 # shell command, so that Snakemake's own `code` trigger sees it.
@@ -80,6 +80,17 @@ def escalating(base, failure):
     return resource
 
 
+def structure_ids_digest(wildcards):
+    """A hash of the run's structure ids: the collect job's params trigger."""
+    return digest(list(PLAN.structures))
+
+
+def run_file(wildcards):
+    """The run file (results folder and structure ids), a Path: the params trigger
+    ignores it and sees `structure_ids_digest`."""
+    return PLAN.run_file()
+
+
 def manifests(step):
     """Every batch manifest of one step."""
     return [str(LAYOUT.manifest(step, batch)) for batch in PLAN.batches]
@@ -99,8 +110,10 @@ def check_slurm_request():
 
 
 def final_outputs(wildcards):
-    """What `rule all` asks for (a function: it runs when the DAG is built)."""
+    """The targets of the run, asked for by the `all` target. A function, so that it
+    runs when the DAG is built."""
     check_slurm_request()
+    start_pool()  # importing quacc overlaps with building the DAG
     return [
         str(LAYOUT.table),
         str(LAYOUT.relaxed),
@@ -114,11 +127,28 @@ POOL = {}
 
 
 def start_pool():
-    """Before the first job of a local run: start its pool of calculation processes."""
-    if workflow.local_exec:
+    """Start the pool of a local run that will run jobs (not -n), once: called when the
+    DAG starts to be built, so that the pool imports quacc meanwhile, and at `onstart`.
+    """
+    executing = workflow.executor_plugin is not None  # not --report, --summary, ...
+    wanted = executing and workflow.local_exec and not workflow.dryrun
+    wanted = wanted and workflow.is_main_process
+    if wanted and "handle" not in POOL:
         POOL["handle"] = pool.start(
-            workflow.cores, config["calculator"], "logs/pool.log"
+            workflow.cores,
+            config["calculator"],
+            "logs/pool.log",
+            PLAN.run_file(),
         )
+
+
+def pool_if_needed():
+    """At `onstart`, when the DAG is known: keep (or start) the pool only if a relax or
+    static job will run; a run that only remakes the table does not need it."""
+    if {job.rule.name for job in workflow.dag.needrun_jobs()} & {"relax", "static"}:
+        start_pool()
+    else:
+        stop_pool()
 
 
 def stop_pool():
