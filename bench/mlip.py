@@ -13,7 +13,7 @@ and each prints structures per second, microseconds per atom per force evaluatio
 the same run. Each engine is warmed up first (model built, imports done) on one cell;
 times are for relax only. No assertion: a GPU machine is where the ratio matters.
 
-Usage: python bench/mlip.py [--potential sevennet|lj] [--device auto|cpu|cuda] [--n 6]
+Usage: python bench/mlip.py [--potential sevennet|lj] [--device auto|cpu|cuda] [--n 4]
        e.g. on a GPU node: python bench/mlip.py --device cuda --n 500
 """
 
@@ -122,7 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--potential", choices=sorted(ENGINES), default="sevennet")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--n", type=int, default=6, help="structures (default 6)")
+    parser.add_argument("--n", type=int, default=4, help="structures (default 4)")
     parser.add_argument("--fmax", type=float, default=0.05)
     parser.add_argument("--max-steps", type=int, default=200)
     args = parser.parse_args()
