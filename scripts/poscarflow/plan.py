@@ -129,9 +129,16 @@ class Plan:
                         f"config overrides.{sid}.{step}: unknown key(s) {', '.join(bad)}; "
                         f"known: {', '.join(sorted(self.config[step]))}"
                     )
+        # The settings without overrides, normalised once and shared (read-only) by every
+        # structure without an override: 100,000 structures need no 100,000 copies.
+        shared = {step: _normalise(self.config[step]) for step in STEPS}
+        checks = _normalise(self.config["checks"])
         specs = {}
         for sid, structure in self.structures.items():
-            settings = merge({step: self.config[step] for step in STEPS}, overrides.get(sid, {}))
+            settings = shared
+            if sid in overrides:
+                merged = merge({step: self.config[step] for step in STEPS}, overrides[sid])
+                settings = {step: _normalise(merged[step]) for step in STEPS}
             common = {"id": sid, "calculator": self.config["calculator"]}
             specs[sid] = {
                 "relax": common
@@ -140,10 +147,10 @@ class Plan:
                     "structure_hash": self.contents[sid][0],
                     "format": structure.format,
                     **({"problem": structure.problem} if structure.problem else {}),
-                    "checks": _normalise(self.config["checks"]),
-                    "relax": _normalise(settings["relax"]),
+                    "checks": checks,
+                    "relax": settings["relax"],
                 },
-                "static": common | {"static": _normalise(settings["static"])},
+                "static": common | {"static": settings["static"]},
             }
         return specs
 

@@ -14,7 +14,7 @@ in VASP's files instead, and goes on from its CONTCAR with the ionic steps left
 
 from __future__ import annotations
 
-import json
+import pickle
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -92,30 +92,32 @@ def optimizer_state(folder: Path) -> bytes | None:
     kill cut it (then the optimizer starts afresh from the geometry)."""
     try:
         data = (folder / OPT_STATE).read_bytes()
-        json.loads(data)
-    except (FileNotFoundError, ValueError):
+        pickle.loads(data)
+    except (FileNotFoundError, EOFError, pickle.UnpicklingError, ValueError):
         return None
     return data
 
 
 def resumable(optimizer: type) -> type:
-    """`optimizer` with its restart file written atomically. ASE writes it in place, so a
-    kill during the write (for a large cell, most of a step's time) would leave a cut
-    file and the next attempt without the optimizer's state. Optimizers with a dump of
-    their own (GPMin) are left as they are."""
+    """`optimizer` with its restart file written atomically and in binary. ASE writes it
+    in place as JSON at every step, so a kill during the write (for a large cell, most of
+    a step's time) would leave a cut file, and the JSON of a BFGS Hessian cost 13 % of
+    the EMT benchmark; a pickle of the same arrays (the same numbers, bit for bit) costs
+    little. Optimizers with a dump of their own (GPMin) are left as they are."""
     from ase.optimize.optimize import Optimizer
 
     if optimizer.dump is not Optimizer.dump:
         return optimizer
 
     def dump(self, data) -> None:
-        from ase.io.jsonio import write_json
-
         if self.comm.rank == 0 and self.restart is not None:
-            with atomic_path(self.restart) as tmp, tmp.open("w") as fd:
-                write_json(fd, data)
+            with atomic_path(self.restart) as tmp:
+                tmp.write_bytes(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
 
-    return type(optimizer.__name__, (optimizer,), {"dump": dump})
+    def load(self):
+        return pickle.loads(Path(self.restart).read_bytes())
+
+    return type(optimizer.__name__, (optimizer,), {"dump": dump, "load": load})
 
 
 class WallTimeReached(RuntimeError):

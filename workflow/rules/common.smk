@@ -1,5 +1,7 @@
 # Helpers for all rules: the plan (structures, batches, requests) and input functions.
+import os
 import re
+from functools import lru_cache
 from pathlib import Path
 
 from poscarflow import pool
@@ -66,6 +68,27 @@ def request(step):
     return path
 
 
+@lru_cache(maxsize=None)
+def recorded_failures(sid):
+    """Out-of-memory and out-of-time failures in a structure's task history since its
+    last reset (read once per Snakemake process: four resources ask)."""
+    if sid not in structures_with_history():
+        return {"oom": 0, "timeout": 0}
+    history = read_history(LAYOUT.history(sid))
+    return {failure: failures(history, failure) for failure in ("oom", "timeout")}
+
+
+@lru_cache(maxsize=None)
+def structures_with_history():
+    """Ids that have a task history (one listing instead of a file lookup per id)."""
+    calcs = LAYOUT.root / "calcs"
+    if not calcs.is_dir():
+        return frozenset()
+    return frozenset(
+        e.name for e in os.scandir(calcs) if os.path.exists(f"{e.path}/history.jsonl")
+    )
+
+
 def escalating(base, failure):
     """A resource that grows after failures of class `failure` (oom or timeout): with
     each Snakemake retry and with each such failure in the batch's task histories, so
@@ -73,8 +96,9 @@ def escalating(base, failure):
     cap = "max_mem_mb" if failure == "oom" else "max_runtime"
 
     def resource(wildcards, attempt):
-        members = PLAN.batches[wildcards.batch]
-        seen = max(failures(read_history(LAYOUT.history(s)), failure) for s in members)
+        seen = max(
+            recorded_failures(sid)[failure] for sid in PLAN.batches[wildcards.batch]
+        )
         return escalated(base, attempt, seen, POLICY["escalation"], cap)
 
     return resource
