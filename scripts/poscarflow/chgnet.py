@@ -10,16 +10,12 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING
 
-from quacc import job
-from quacc.runners.ase import Runner
-from quacc.schemas.ase import Summarize
-
 from poscarflow.devices import resolve_device
+from poscarflow.mlip_jobs import ase_jobs
 
 if TYPE_CHECKING:
     from typing import Any
 
-    from ase import Atoms
     from ase.calculators.calculator import Calculator
 
 
@@ -38,21 +34,4 @@ def _calculator(device: str = "auto", **calc_kwargs: Any) -> Calculator:
     return CHGNetCalculator(model=_model(), use_device=use_device, **calc_kwargs)
 
 
-@job
-def static_job(atoms: Atoms, **calc_kwargs: Any) -> dict:
-    """A CHGNet single point (quacc's RunSchema)."""
-    calc = _calculator(**calc_kwargs)
-    final_atoms = Runner(atoms, calc).run_calc()
-    fields = {"name": "CHGNet Static", "device": str(calc.device)}
-    return Summarize(additional_fields=fields).run(final_atoms, atoms)
-
-
-@job
-def relax_job(
-    atoms: Atoms, relax_cell: bool = False, opt_params: dict | None = None, **calc_kwargs: Any
-) -> dict:
-    """A CHGNet relaxation with an ASE optimizer (quacc's OptSchema)."""
-    calc = _calculator(**calc_kwargs)
-    dyn = Runner(atoms, calc).run_opt(relax_cell=relax_cell, **(opt_params or {}))
-    fields = {"name": "CHGNet Relax", "device": str(calc.device)}
-    return Summarize(additional_fields=fields).opt(dyn)
+static_job, relax_job = ase_jobs("CHGNet", _calculator)
