@@ -11,8 +11,8 @@
 #
 # A controller outage on purpose (tests/test_slurm_outage.py): `stop-controller` stops
 # slurmctld alone (it saves its state; jobs go on running under slurmd, and those that
-# end meanwhile are reported when it is back), `start-controller` starts it again and
-# waits until the node is usable. Until then a note ($OUTAGE, with a deadline,
+# end meanwhile are reported when it is back), `start-controller` starts it again, waits
+# until the node is usable and has slurmd register again at once. Until then a note ($OUTAGE, with a deadline,
 # SLURM_LOCAL_OUTAGE_MAX seconds, default 300) makes `start`, `stop` and `status` of
 # other test runs wait for the end of the outage instead of taking the cluster over.
 #
@@ -314,6 +314,10 @@ start_controller() {
   trap 'rm -f "$OUTAGE"' EXIT
   running slurmctld || { log "starting slurmctld"; slurmctld; }
   wait_idle
+  # Ask slurmd to register again now. Otherwise it does at slurmctld's next node ping
+  # (SlurmdTimeout/3, 100 s here), and until then a new step (srun) of a job that ran
+  # through the outage waits ("step creation temporarily disabled, retrying").
+  scontrol reconfigure || true
 }
 
 case "${1:-}" in
