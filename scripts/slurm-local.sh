@@ -11,8 +11,8 @@
 #
 # A controller outage on purpose (tests/test_slurm_outage.py): `stop-controller` stops
 # slurmctld alone (it saves its state; jobs go on running under slurmd, and those that
-# end meanwhile are reported when it is back), `start-controller` starts it again, waits
-# until the node is usable and has slurmd register again at once. Until then a note ($OUTAGE, with a deadline,
+# end meanwhile are reported when it is back), `start-controller` starts it again, has
+# slurmd register at once and waits until the node is usable. Until then a note ($OUTAGE, with a deadline,
 # SLURM_LOCAL_OUTAGE_MAX seconds, default 300) makes `start`, `stop` and `status` of
 # other test runs wait for the end of the outage instead of taking the cluster over.
 #
@@ -312,12 +312,15 @@ stop_controller() {
 start_controller() {
   [ "$(id -u)" -eq 0 ] || die "must run as root"
   trap 'rm -f "$OUTAGE"' EXIT
-  running slurmctld || { log "starting slurmctld"; slurmctld; }
+  if ! running slurmctld; then
+    log "starting slurmctld"
+    slurmctld
+    # Have slurmd register again at once. Else it does at slurmctld's next node ping
+    # (SlurmdTimeout/3, 100 s here), and until then a new step (srun) of a job that ran
+    # through the outage waits ("step creation temporarily disabled, retrying").
+    wait_for slurmctld scontrol reconfigure || { logs_tail; die "slurmctld does not answer"; }
+  fi
   wait_idle
-  # Ask slurmd to register again now. Otherwise it does at slurmctld's next node ping
-  # (SlurmdTimeout/3, 100 s here), and until then a new step (srun) of a job that ran
-  # through the outage waits ("step creation temporarily disabled, retrying").
-  scontrol reconfigure || true
 }
 
 case "${1:-}" in
