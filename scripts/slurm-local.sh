@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Single-node SLURM cluster on this machine, for `snakemake --executor slurm`
 # integration tests. Debian 12 packages (SLURM 22.05, MariaDB 10.11), run as root, no
-# systemd: daemons are started directly.   Usage: scripts/slurm-local.sh start|stop|status
+# systemd: daemons are started directly.
+# Usage: scripts/slurm-local.sh start|stop|status|stop-controller|start-controller
 #
 # Daemons, in start order: munged, mariadbd (MariaDB, the accounting database: root
 # over its Unix socket, no password), slurmdbd, slurmctld, slurmd. `stop` stops them
 # all (in reverse); `start` and `stop` may be repeated. Every wait is bounded
 # (SLURM_LOCAL_TIMEOUT seconds each, default 60); on failure the daemons' logs are shown.
+#
+# A controller outage on purpose (tests/test_slurm_outage.py): `stop-controller` stops
+# slurmctld alone (it saves its state; jobs go on running under slurmd, and those that
+# end meanwhile are reported when it is back), `start-controller` starts it again, has
+# slurmd register at once and waits until the node is usable. Until then a note ($OUTAGE, with a deadline,
+# SLURM_LOCAL_OUTAGE_MAX seconds, default 300) makes `start`, `stop` and `status` of
+# other test runs wait for the end of the outage instead of taking the cluster over.
 #
 # Found in the test VM (Firecracker, cgroup v1 hybrid, /sys/fs/cgroup/memory writable):
 #  - proctrack/cgroup + task/cgroup (ConstrainRAMSpace) work: a job over --mem is
@@ -33,6 +41,8 @@ PKGS=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 CLUSTER=poscarflow-local
 MYSQL_LOG=/var/log/mysql/error.log
 DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)
+OUTAGE=/run/slurm-local-outage   # while slurmctld is stopped on purpose: its deadline
+OUTAGE_MAX=${SLURM_LOCAL_OUTAGE_MAX:-300}
 
 log() { echo "[slurm-local] $*"; }
 die() { echo "[slurm-local] ERROR: $*" >&2; exit 1; }
@@ -280,7 +290,42 @@ status() {
   if [ $rc -eq 0 ] && usable; then log "cluster usable"; else log "cluster NOT usable"; return 1; fi
 }
 
+# Wait while slurmctld is stopped on purpose (stop-controller), at most until the
+# note's deadline; a note past its deadline (its test was killed) is removed.
+wait_outage() {
+  local deadline
+  deadline=$(cat "$OUTAGE" 2>/dev/null) || return 0
+  [ "$(date +%s)" -lt "$deadline" ] && log "slurmctld is stopped on purpose (a test): waiting"
+  while [ -f "$OUTAGE" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 1; done
+  if [ -f "$OUTAGE" ]; then log "outage note past its deadline: removing it"; rm -f "$OUTAGE"; fi
+}
+
+stop_controller() {
+  [ "$(id -u)" -eq 0 ] || die "must run as root"
+  running slurmctld || die "slurmctld is not running"
+  echo $(($(date +%s) + OUTAGE_MAX)) >"$OUTAGE"
+  stop_proc slurmctld 1   # SIGTERM: slurmctld saves its state and exits
+  if running slurmctld; then rm -f "$OUTAGE"; die "slurmctld does not stop"; fi
+  log "slurmctld stopped (jobs go on running; start-controller starts it again)"
+}
+
+start_controller() {
+  [ "$(id -u)" -eq 0 ] || die "must run as root"
+  trap 'rm -f "$OUTAGE"' EXIT
+  if ! running slurmctld; then
+    log "starting slurmctld"
+    slurmctld
+    # Have slurmd register again at once. Else it does at slurmctld's next node ping
+    # (SlurmdTimeout/3, 100 s here), and until then a new step (srun) of a job that ran
+    # through the outage waits ("step creation temporarily disabled, retrying").
+    wait_for slurmctld scontrol reconfigure || { logs_tail; die "slurmctld does not answer"; }
+  fi
+  wait_idle
+}
+
 case "${1:-}" in
-  start|stop|status) "$1" ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  start|stop|status) wait_outage; "$1" ;;
+  stop-controller) stop_controller ;;
+  start-controller) start_controller ;;
+  *) echo "usage: $0 start|stop|status|stop-controller|start-controller" >&2; exit 2 ;;
 esac

@@ -71,13 +71,18 @@ def interrupted(history: list[HistoryRecord]) -> HistoryRecord | None:
     """The end record for an attempt that started and never ended, or None.
 
     A plain interruption (Ctrl-C, a killed Snakemake or pool process) is `interrupted`;
-    what SLURM reports (out of memory or time, node failure) gets its class.
+    what SLURM reports (out of memory or time, node failure) gets its class. When SLURM
+    cannot tell (slurmctld down and no accounting), the reason says so.
     """
     if not history or history[-1].get("event") != "start":
         return None
     start = history[-1]
-    state = slurm.job_state(start.get("slurm_job_id"))
-    cause = f"SLURM: {state}" if state else "its process ended"
+    job_id = start.get("slurm_job_id")
+    state = slurm.job_state(job_id)
+    if state == slurm.NO_ANSWER:
+        cause = f"SLURM did not answer about its job {job_id}"
+    else:
+        cause = f"SLURM: {state}" if state else "its process ended"
     return HistoryRecord(
         event="end", step=start["step"], attempt=start["attempt"], time=now(),
         key=start.get("key", ""), status="failed",

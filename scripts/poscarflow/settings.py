@@ -21,6 +21,9 @@ SLURM_ACCOUNT = "POSCARFLOW_SLURM_ACCOUNT"
 # Set by SLURM inside a job: where the calculation ran, and its MPI tasks (VASP).
 SLURM_JOB_ID = "SLURM_JOB_ID"
 SLURM_NTASKS = "SLURM_NTASKS"
+# The Python that runs bin/srun and bin/sbatch, SLURM's commands waiting for slurmctld
+# (set by slurm.use_waiting_wrappers; plain `python` without it).
+PYTHON = "POSCARFLOW_PYTHON"
 # quacc's own setting that poscarflow neutralises: Snakemake is the workflow engine.
 QUACC_WORKFLOW_ENGINE = "QUACC_WORKFLOW_ENGINE"
 # quacc's own settings file (its default is ~/.quacc.yaml).

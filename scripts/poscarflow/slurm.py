@@ -1,7 +1,26 @@
 """What SLURM says: the state and time left of the job a calculation runs in
-(scontrol, squeue), and whether a partition can hold a job at all (sinfo): a job that no
-node of its partition can hold would sit PENDING (reason PartitionConfig) forever, and
-SLURM says nothing else about it.
+(scontrol, squeue; sacct when slurmctld does not answer), and whether a partition can
+hold a job at all (sinfo): a job that no node of its partition can hold would sit PENDING
+(reason PartitionConfig) forever, and SLURM says nothing else about it.
+
+And what Snakemake under profiles/slurm needs to live through a slurmctld that does not
+answer for a while: down, restarting, too busy (`tolerate_controller_outages`; README,
+"When slurmctld does not answer"). Jobs on the nodes go on running, and those that end
+meanwhile are reported once slurmctld is back; but three SLURM clients give up early:
+
+- the SLURM plugin's status query. When none of its attempts in a round answers (squeue;
+  or sacct, which the plugin switches to while `scontrol show config` does not answer,
+  and which fails at once on a cluster without accounting), the plugin reports none of
+  the jobs and stops asking about them: Snakemake then waits for them forever.
+  `keep_unanswered_jobs` hands such jobs back to be asked about in the next round.
+- srun and sbatch, which give up after SLURM's MessageTimeout (about 10 s). The plugin
+  starts the work of every job with srun inside the job, so a job that SLURM started
+  just before an outage fails, and Snakemake resubmits it with more memory and time; a
+  failed sbatch counts as a failed attempt of its job and is retried at once, so three in
+  a row end the job for good. `use_waiting_wrappers` puts this package's `bin/srun` and
+  `bin/sbatch` first on PATH, for Snakemake and (sbatch's --export=ALL) its jobs: they
+  run `python -m poscarflow.slurm srun|sbatch`, which waits (at most WAIT_FOR_CONTROLLER
+  seconds) until `scontrol ping` answers, then runs SLURM's own command in its place.
 """
 
 from __future__ import annotations
@@ -11,11 +30,23 @@ import os
 import re
 import shutil
 import subprocess
-from typing import Any
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from poscarflow import settings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
 
 logger = logging.getLogger("poscarflow.slurm")
 
 SINFO_TIMEOUT = 30  # seconds; sinfo waits for slurmctld, which may be busy or down
+ASK_TIMEOUT = 20  # seconds; a command for a down slurmctld gives up after about 18
+WAIT_FOR_CONTROLLER = 600  # seconds srun and sbatch wait for slurmctld to answer
+WRAPPERS = Path(__file__).resolve().parent / "bin"  # srun and sbatch that wait
+NO_ANSWER = "NO_ANSWER"  # job_state when neither slurmctld nor the accounting answers
 
 # SLURM job states → failure classes of the restart policy.
 SLURM_CLASSES = {
@@ -28,25 +59,38 @@ SLURM_CLASSES = {
 }
 
 
-def _ask(*cmd: str) -> str:
-    """A SLURM command's output, or "" when SLURM does not answer."""
+def _ask(*cmd: str) -> str | None:
+    """A SLURM command's output, or None when it fails or does not answer in time
+    (slurmctld down or busy, a job it no longer knows, ...; debug-logged)."""
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=20,
-                              check=False).stdout  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=ASK_TIMEOUT,
+                              check=False, stdin=subprocess.DEVNULL)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as err:
+        logger.debug("%s: no answer (%s)", " ".join(cmd), err)
+        return None
+    if proc.returncode != 0:
+        logger.debug("%s failed: %s", " ".join(cmd), proc.stderr.strip()[-300:])
+        return None
+    return proc.stdout
 
 
 def job_state(job_id: str | None) -> str | None:
-    """The state SLURM reports for a job (kept for MinJobAge after it ends), or None.
+    """The state SLURM reports for a job (kept for MinJobAge after it ends), or None
+    for no job; NO_ANSWER when neither slurmctld nor the accounting (sacct) answers.
 
     A job one of whose processes the cgroup killed for memory (say, the calculation,
     while Snakemake in the job lived on) ends FAILED, not OUT_OF_MEMORY; SLURM then says
     so only in the job's log ("Detected 1 oom-kill event(s)"), which is read here.
+    While slurmctld is down (or has forgotten the job) the state comes from sacct,
+    which names no log: such a FAILED stays FAILED.
     """
     if not job_id:
         return None
     out = _ask("scontrol", "show", "job", "-o", job_id)
+    if out is None:
+        accounted = _ask("sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State")
+        words = (accounted or "").split()  # "CANCELLED by 0": the state is the first word
+        return words[0] if words else NO_ANSWER
     fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
     state = fields.get("JobState")
     if state == "FAILED" and "oom-kill event" in _tail(fields.get("StdErr")):
@@ -68,14 +112,121 @@ def time_left(job_id: str | None) -> float | None:
     """Seconds left in a SLURM job (`squeue %L`: M:SS, H:MM:SS or D-HH:MM:SS)."""
     if not job_id:
         return None
-    out = _ask("squeue", "-h", "-j", job_id, "-o", "%L").strip()
-    days, _, clock = out.rpartition("-")
+    out = _ask("squeue", "-h", "-j", job_id, "-o", "%L")
+    if out is None:
+        logger.warning(
+            "squeue does not answer for job %s: its time limit is unknown, so a relax does "
+            "not stop cleanly before it (an attempt SLURM ends continues in the next)",
+            job_id,
+        )
+        return None
+    days, _, clock = out.strip().rpartition("-")
     try:
         parts = [int(p) for p in clock.split(":")]
     except ValueError:
-        return None  # UNLIMITED, NOT_SET, INVALID, or no answer
+        return None  # UNLIMITED, NOT_SET, INVALID, or nothing
     seconds = sum(p * 60**i for i, p in enumerate(reversed(parts)))
     return seconds + int(days or 0) * 86400
+
+
+def controller_answers() -> bool:
+    """Whether slurmctld (or a backup controller) answers `scontrol ping`."""
+    return "is UP" in (_ask("scontrol", "ping") or "")
+
+
+def wait_for_controller(limit: float = WAIT_FOR_CONTROLLER, pause: float = 5.0) -> bool:
+    """Wait until slurmctld answers, at most `limit` seconds; whether it does."""
+    deadline = time.monotonic() + limit
+    waited = False
+    while not controller_answers():
+        if time.monotonic() >= deadline:
+            logger.warning("slurmctld still does not answer after %.0f s: going on", limit)
+            return False
+        if not waited:
+            logger.warning("slurmctld does not answer: waiting (at most %.0f s)", limit)
+            waited = True
+        time.sleep(pause)
+    if waited:
+        logger.warning("slurmctld answers again")
+    return True
+
+
+def run_when_controller_answers(command: str, args: list[str]) -> NoReturn:
+    """Replace this process with SLURM's own `command` (srun or sbatch) and `args`, once
+    slurmctld answers or WAIT_FOR_CONTROLLER seconds have passed (then SLURM's command
+    fails as it would have). Standard input is left for it (sbatch may read its script
+    there)."""
+    path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep)
+        if p and Path(p).resolve() != WRAPPERS
+    )  # fmt: skip
+    real = shutil.which(command, path=path)
+    if real is None:
+        raise SystemExit(f"poscarflow: SLURM's {command} is not on PATH")
+    if shutil.which("scontrol"):  # else nothing can tell whether slurmctld answers
+        wait_for_controller()
+    os.execv(real, [real, *args])
+
+
+def use_waiting_wrappers() -> None:
+    """Put the srun and sbatch that wait for slurmctld (WRAPPERS) first on this process's
+    PATH, for the commands it starts and the SLURM jobs they submit (the SLURM plugin
+    submits with --export=ALL); they run `python -m poscarflow.slurm` with this Python."""
+    paths = os.environ.get("PATH", "").split(os.pathsep)
+    if str(WRAPPERS) not in paths:
+        os.environ["PATH"] = os.pathsep.join([str(WRAPPERS), *paths])
+    os.environ[settings.PYTHON] = sys.executable
+
+
+def keep_unanswered_jobs(check: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
+    """The SLURM plugin's `check_active_jobs`, changed to yield (keep asking about) every
+    active job it neither yields (still running) nor reports (ended): the jobs of a round
+    in which no status query answered. Logs a warning for such a round."""
+    if getattr(check, "keeps_unanswered_jobs", False):
+        return check
+
+    async def check_active_jobs(self: Any, active_jobs: list[Any]) -> AsyncIterator[Any]:
+        answered: set[int] = set()
+
+        def noting(report: Callable[..., Any]) -> Callable[..., Any]:
+            def noted(job_info: Any, *args: Any, **kwargs: Any) -> Any:
+                answered.add(id(job_info))
+                return report(job_info, *args, **kwargs)
+
+            return noted
+
+        self.report_job_success = noting(self.report_job_success)
+        self.report_job_error = noting(self.report_job_error)
+        try:
+            async for job_info in check(self, active_jobs):
+                answered.add(id(job_info))
+                yield job_info
+        finally:
+            del self.report_job_success, self.report_job_error
+        unanswered = [j for j in active_jobs if id(j) not in answered]
+        if unanswered:
+            self.logger.warning(
+                f"poscarflow: SLURM did not answer about {len(unanswered)} job(s) (is "
+                "slurmctld down or busy?); they are kept and asked about again"
+            )
+        for job_info in unanswered:
+            yield job_info
+
+    check_active_jobs.keeps_unanswered_jobs = True  # type: ignore[attr-defined]
+    return check_active_jobs
+
+
+def tolerate_controller_outages() -> None:
+    """For Snakemake submitting to SLURM: keep the jobs of unanswered status queries
+    (`keep_unanswered_jobs`, in the SLURM plugin) and let srun and sbatch wait for
+    slurmctld (`use_waiting_wrappers`)."""
+    try:
+        from snakemake_executor_plugin_slurm import Executor
+    except ImportError:  # not installed: this run does not submit with it
+        pass
+    else:
+        Executor.check_active_jobs = keep_unanswered_jobs(Executor.check_active_jobs)
+    use_waiting_wrappers()
 
 
 def submits_to_slurm(workflow: Any) -> str | None:
@@ -169,3 +320,17 @@ def _largest(shapes: set[tuple[int, int]]) -> list[tuple[int, int]]:
         ),
         reverse=True,
     )
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """`python -m poscarflow.slurm srun|sbatch ARGS...`: SLURM's command, once slurmctld
+    answers (what bin/srun and bin/sbatch run)."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in {"srun", "sbatch"}:
+        raise SystemExit("usage: python -m poscarflow.slurm srun|sbatch [ARGS...]")
+    logging.basicConfig(level=logging.WARNING, format="poscarflow: %(message)s")
+    run_when_controller_answers(args[0], args[1:])
+
+
+if __name__ == "__main__":
+    main()

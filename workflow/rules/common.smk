@@ -10,7 +10,11 @@ from poscarflow.history import failures, read_history
 from poscarflow.layout import PLOTS, Layout
 from poscarflow.plan import Plan
 from poscarflow.policy import escalated, read_file
-from poscarflow.slurm import check_request, submits_to_slurm
+from poscarflow.slurm import (
+    check_request,
+    submits_to_slurm,
+    tolerate_controller_outages,
+)
 from poscarflow.vasp import check_potcars
 
 LAYOUT = Layout(Path("results"))
@@ -24,6 +28,8 @@ try:  # an unusable structure folder or config: one line, before anything runs
             check_potcars(PLAN.elements, preset)
 except ValueError as err:
     raise SystemExit(f"poscarflow: {err}") from None
+if submits_to_slurm(workflow):  # a slurmctld that does not answer for a while
+    tolerate_controller_outages()
 MEM_MB = 2000  # per batch job, before escalation
 # The code a relax or static job runs (our modules and package versions) is part of its
 # shell command, so that Snakemake's own `code` trigger sees it.
