@@ -86,7 +86,7 @@ def small_limits(workflow: Workflow, resource: str, bases: dict[str, int], facto
     for rule, base in bases.items():
         path = workflow.root / f"workflow/rules/{rule}.smk"
         text = path.read_text()
-        new = re.sub(rf"{resource}=escalating\(\d+,", f"{resource}=escalating({base},", text)
+        new = re.sub(rf"{resource}=escalating\(\w+,", f"{resource}=escalating({base},", text)
         assert new != text, f"no {resource}=escalating(...) in {path}"
         path.write_text(new)
     policy = workflow.root / "config/restart_policy.yaml"
