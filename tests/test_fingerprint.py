@@ -62,5 +62,35 @@ def test_fingerprint_of_the_real_job_has_versions() -> None:
     assert "poscarflow.chgnet" in code["modules"]
     assert "poscarflow.compute" in code["modules"]
     assert "poscarflow.structures" in code["modules"]
-    assert set(code["versions"]) == {"quacc", "ase", "pymatgen"}
+    assert set(code["versions"]) == {"quacc", "ase", "pymatgen", "numpy", "scipy"}
     assert len(code["digest"]) == 16
+
+
+def test_a_new_version_of_any_stack_package_shows_in_why(tmp_path: Path, monkeypatch) -> None:
+    """quacc, ASE, pymatgen, numpy and scipy (and the calculator's packages) are recorded
+    with every result; an upgrade of any of them is named by `poscarflow why`."""
+    import json
+
+    from ase.build import bulk
+    from ase.io import write
+
+    from poscarflow.plan import Plan
+    from poscarflow.why import why
+    from tests.conftest import example_config, run_step
+
+    monkeypatch.chdir(tmp_path)
+    Path("structures").mkdir()
+    write("structures/Ar.vasp", bulk("Ar", "fcc", a=5.3), format="vasp")
+    relax = example_config()["relax"] | {"max_steps": 2}
+    plan = Plan(example_config(structures="structures", calculator="lj", relax=relax),
+                tmp_path / ".h.json")  # fmt: skip
+    run_step(plan, "relax")
+    assert why(plan, "results", ["Ar"])[0].startswith("Ar static: not computed yet")
+    summary = Path("results/calcs/Ar/relax/summary.json")
+    recorded = json.loads(summary.read_text())
+    assert {"quacc", "ase", "pymatgen", "numpy", "scipy"} <= set(recorded["code"]["versions"])
+    recorded["code"]["versions"]["scipy"] = "0.1"
+    recorded["code"]["digest"] = "0" * 16
+    summary.write_text(json.dumps(recorded))
+    assert any(line.startswith("Ar relax: version scipy: '0.1' → ")
+               for line in why(plan, "results", ["Ar"]))  # fmt: skip

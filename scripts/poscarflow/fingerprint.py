@@ -19,7 +19,9 @@ from pathlib import Path
 
 PACKAGE = "poscarflow"
 PACKAGE_DIR = Path(__file__).resolve().parent
-STACK = ("quacc", "ase", "pymatgen")
+# The science stack every calculation depends on (numbers from numpy and scipy too:
+# ASE's optimizers and the Frechet cell filter), recorded with every result.
+STACK = ("quacc", "ase", "pymatgen", "numpy", "scipy")
 JOB_ENTRY = "poscarflow.job"  # the module a relax or static job runs
 
 
