@@ -36,3 +36,27 @@ def test_every_calculator_is_in_the_schema_and_documented() -> None:
     for name in CALCULATORS:
         assert f"`{name}`" in readme, name
         assert f"`{name}`" in config_readme, name
+
+
+def test_every_documented_poscarflow_command_and_option_exists() -> None:
+    """Each `$ poscarflow ...` line of the README names a command the CLI has, and its
+    options are in that command's help."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from poscarflow.cli import app
+
+    lines = re.findall(r"^\$ poscarflow ([^#\n]*)", (REPO / "README.md").read_text(), re.M)
+    assert len(lines) >= 10
+    runner = CliRunner()
+    for line in lines:
+        words = [w for w in shlex.split(line) if w not in ("-d", "~/poscarflow")]
+        path = [w for w in words[:2] if not w.startswith("-") and w in _COMMANDS]
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (line, result.output)
+        for option in (w for w in words if w.startswith("--")):
+            assert option in result.output, (line, option)
+
+
+_COMMANDS = {"status", "why", "reset", "policy", "add", "get", "remove", "clear"}
