@@ -46,6 +46,7 @@ def test_report_opens_on_the_description_and_holds_the_table(workflow: Workflow,
                          timeout=120, check=True).stdout  # fmt: skip
     assert "poscarflow: relax, then static" in dom  # the first page the app renders
     assert "2 done" in dom
+    assert "E/atom (eV)" in dom  # the first rows of the table, on the first page
     shot = tmp_path / "report.png"
     subprocess.run([*browse, f"--screenshot={shot}", url], capture_output=True, timeout=120,
                    check=True)  # fmt: skip

@@ -222,6 +222,7 @@ def write_overview(rows: list[dict], versions: Counter, path: str) -> None:
         "(relax + static, summed over structures; a reused calculation counts its first "
         "run).",
     ]
+    lines += ["", *_first_rows(rows)]
     failed = [row for row in rows if row["status"] == "failed"]
     if failed:
         lines += ["", "**Failed**:", ""]
@@ -230,6 +231,38 @@ def write_overview(rows: list[dict], versions: Counter, path: str) -> None:
             lines.append(f"- ... and {len(failed) - MOST_LISTED} more (see summary.html)")
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
+
+
+def _first_rows(rows: list[dict], most: int = 6) -> list[str]:
+    """A few rows of the table as an rst table for the report's first page: failed and
+    unconverged first, then the lowest energies per atom."""
+    order = {"failed": 0, "unconverged": 1}
+    chosen = sorted(rows, key=lambda r: (order.get(r["status"], 2),
+                                         r["energy_per_atom_eV"] or 0.0))[:most]  # fmt: skip
+    header = ("id", "status", "E/atom (eV)", "dV (%)", "steps")
+    cells = [header] + [
+        (r["id"], r["status"], _number(r["energy_per_atom_eV"], "{:.6f}"),
+         _number(_volume_change(r), "{:+.2f}"), _number(r["opt_steps"], "{:d}"))
+        for r in chosen
+    ]  # fmt: skip
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    rule = "  ".join("=" * w for w in widths)
+    table = [rule, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), rule]
+    table += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+              for row in cells[1:]]  # fmt: skip
+    shown = f"{len(chosen)} of {len(rows)} rows" if len(rows) > len(chosen) else "all rows"
+    return [f"**Results** ({shown}; the whole table is summary.html):", "", *table, rule]
+
+
+def _number(value: object, fmt: str) -> str:
+    """A number formatted, or an empty cell."""
+    return "" if value is None or value == "" else fmt.format(value)
+
+
+def _volume_change(row: dict) -> float | None:
+    """Volume change on relaxation, %, or None without volumes."""
+    before, after = row.get("volume_initial_A3"), row.get("volume_final_A3")
+    return 100 * (after / before - 1) if before and after else None
 
 
 def _versions(versions: Counter) -> str:
