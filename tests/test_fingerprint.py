@@ -71,19 +71,11 @@ def test_a_new_version_of_any_stack_package_shows_in_why(tmp_path: Path, monkeyp
     with every result; an upgrade of any of them is named by `poscarflow why`."""
     import json
 
-    from ase.build import bulk
-    from ase.io import write
-
-    from poscarflow.plan import Plan
+    from poscarflow.testing import argon_plan, run_step
     from poscarflow.why import why
-    from tests.conftest import example_config, run_step
 
     monkeypatch.chdir(tmp_path)
-    Path("structures").mkdir()
-    write("structures/Ar.vasp", bulk("Ar", "fcc", a=5.3), format="vasp")
-    relax = example_config()["relax"] | {"max_steps": 2}
-    plan = Plan(example_config(structures="structures", calculator="lj", relax=relax),
-                tmp_path / ".h.json")  # fmt: skip
+    plan = argon_plan(tmp_path)
     run_step(plan, "relax")
     assert why(plan, "results", ["Ar"])[0].startswith("Ar static: not computed yet")
     summary = Path("results/calcs/Ar/relax/summary.json")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from poscarflow.plan import Plan
-from tests.conftest import example_config, run_step
+from poscarflow.testing import argon_plan
+from tests.conftest import run_step
 
 
 def test_database_takes_parameter_hashes_that_look_like_numbers(tmp_path, monkeypatch) -> None:
@@ -20,14 +19,7 @@ def test_database_takes_parameter_hashes_that_look_like_numbers(tmp_path, monkey
     from poscarflow import database
 
     monkeypatch.chdir(tmp_path)
-    Path("structures").mkdir()
-    from ase.build import bulk
-    from ase.io import write
-
-    write("structures/Ar.vasp", bulk("Ar", "fcc", a=5.3), format="vasp")
-    relax = example_config()["relax"] | {"max_steps": 2}
-    plan = Plan(example_config(structures="structures", calculator="lj", relax=relax),
-                tmp_path / ".h.json")  # fmt: skip
+    plan = argon_plan(tmp_path)
     for step in ("relax", "static"):
         run_step(plan, step)
     from poscarflow.collect import collect

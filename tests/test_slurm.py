@@ -119,7 +119,8 @@ def timeout_run(partition: str, tmp_path_factory: pytest.TempPathFactory):
 
     A relax that needs about two minutes here (720 rattled Cu atoms, EMT + BFGS: 1.3 s a
     step, about 95 steps; 500 atoms were enough while the optimizer's state was written
-    as JSON at every step, and now finish in 40 s) asks for one: this copy's relax rule has a base runtime of 1 minute instead of
+    as JSON at every step, and now finish in 40 s) asks for one: this copy's relax rule
+    has a base runtime of 1 minute instead of
     120, and its escalation factor is 4, so SLURM ends the first attempt (TIMEOUT) and
     Snakemake's retry gets 4 minutes (it needs about 1.5; room for a busy node), in
     which the relax continues from its last optimizer step and finishes. The relax and

@@ -32,6 +32,21 @@ def example_config(**changes: object) -> dict:
     return load_config(REPO / "config" / "config.yaml") | changes
 
 
+def argon_plan(folder: Path) -> Plan:
+    """One fcc argon cell in `folder/structures`, LJ with two optimizer steps: the cheapest
+    real calculation (run in `folder`, which must be the working directory)."""
+    from ase.build import bulk
+    from ase.io import write
+
+    from poscarflow.plan import Plan
+
+    (folder / "structures").mkdir()
+    write(folder / "structures/Ar.vasp", bulk("Ar", "fcc", a=5.3), format="vasp")
+    relax = example_config()["relax"] | {"max_steps": 2}
+    config = example_config(structures="structures", calculator="lj", relax=relax)
+    return Plan(config, folder / ".h.json")
+
+
 def run_step(
     plan: Plan, step: str, *, policy: dict[str, int] | None = None, log: str = "logs/job.log",
     rerun_on_code: bool = True,
