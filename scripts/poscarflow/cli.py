@@ -186,15 +186,15 @@ def status(
     from poscarflow.progress import calc_states, progress_table, summarise
     from poscarflow.status import format_table
     from poscarflow.status import status as status_rows
-    from poscarflow.why import unknown_ids
 
     opts: Options = ctx.obj
     if watch is not None and as_json:
         raise CliError("status: --watch and --json do not go together")
     plan = _plan(opts)
-    if unknown := unknown_ids(plan, ids):
-        raise CliError(f"unknown structure ids: {', '.join(unknown)}")
-    chosen = ids or list(plan.structures)
+    try:
+        chosen = plan.select(ids)
+    except ValueError as err:
+        raise CliError(str(err)) from None
     if watch is not None:
         _watch(plan, opts.results, chosen, watch)
         return

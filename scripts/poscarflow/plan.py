@@ -154,6 +154,13 @@ class Plan:
             }
         return specs
 
+    def select(self, ids: list[str] | None) -> list[str]:
+        """The given structure ids, or all when none are given; ValueError naming any id
+        that is not one of the plan's structures (the readers' common check)."""
+        if unknown := sorted(set(ids or []) - set(self.structures)):
+            raise ValueError(f"unknown structure ids: {', '.join(unknown)}")
+        return list(ids) if ids else list(self.structures)
+
     def run_file(self) -> Path:
         """A file naming this run's results folder and structure ids (for the pool's
         progress lines), named by its content."""

@@ -11,7 +11,6 @@ from poscarflow.files import read_json
 from poscarflow.history import append_history
 from poscarflow.layout import STEPS, Layout
 from poscarflow.records import reset_record
-from poscarflow.why import unknown_ids
 
 if TYPE_CHECKING:
     from poscarflow.plan import Plan
@@ -54,11 +53,10 @@ def reset(
     ValueError
         If an id is not one of the plan's structures.
     """
-    if unknown := unknown_ids(plan, ids):
-        raise ValueError(f"unknown structure ids: {', '.join(unknown)}")
+    ids = plan.select(ids)
     actions = []
     layout = Layout(Path(results))
-    for sid in ids or list(plan.structures):
+    for sid in ids:
         summaries = {step: read_json(layout.summary(sid, step)) for step in STEPS}
         failed = [s for s in STEPS if (summaries[s] or {}).get("failure")]
         if not failed or (failure and summaries[failed[0]].get("failure") != failure):

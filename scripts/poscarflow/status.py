@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from poscarflow.files import read_json
 from poscarflow.layout import STEPS, Layout
 from poscarflow.progress import Calc, calc_states
-from poscarflow.why import Staleness, unknown_ids
+from poscarflow.why import Staleness
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -80,11 +80,10 @@ def status(
     ValueError
         If an id is not one of the plan's structures.
     """
-    if unknown := unknown_ids(plan, ids):
-        raise ValueError(f"unknown structure ids: {', '.join(unknown)}")
+    ids = plan.select(ids)
     layout, staleness, host = Layout(Path(results)), Staleness(plan, results), socket.gethostname()
     rows = []
-    for sid in ids or list(plan.structures):
+    for sid in ids:
         calcs = states[sid] if states is not None else calc_states(layout, sid, host=host)
         steps = {}
         for step in STEPS:

@@ -97,11 +97,6 @@ def reasons(plan: Plan, results: str, sid: str, step: str) -> list[str]:
     return Staleness(plan, results).reasons(sid, step)
 
 
-def unknown_ids(plan: Plan, ids: list[str] | None) -> list[str]:
-    """The given ids that are not structures of the plan, sorted."""
-    return sorted(set(ids or []) - set(plan.structures))
-
-
 def why(plan: Plan, results: str = "results", ids: list[str] | None = None) -> list[str]:
     """Report lines for the given structure ids (default: all).
 
@@ -110,14 +105,13 @@ def why(plan: Plan, results: str = "results", ids: list[str] | None = None) -> l
     ValueError
         If an id is not one of the plan's structures.
     """
-    if unknown := unknown_ids(plan, ids):
-        raise ValueError(f"unknown structure ids: {', '.join(unknown)}")
+    ids = plan.select(ids)
     staleness = Staleness(plan, results)
     lines, stale = [], 0
-    for sid in ids or list(plan.structures):
+    for sid in ids:
         found = [(step, r) for step in STEPS for r in staleness.reasons(sid, step)]
         stale += bool(found)
         lines += [f"{sid} {step}: {reason}" for step, reason in found]
-    total = len(ids or plan.structures)
+    total = len(ids)
     lines.append(f"{stale} of {total} structures would be recomputed.")
     return lines
