@@ -65,10 +65,10 @@ def run_attempts(
         logger.info("%s %s: continuing from optimizer step %d", step, sid, continued.done_steps)
     remove_leftovers(layout.calc_dir(sid, step))
     dead = interrupted(read_history(history_file, step))
-    if dead is not None and not _close(layout, sid, dead, policy, key):
-        return _give_up(layout, spec, step, dead, identity)
+    if dead is not None and not close_attempt(layout, sid, dead, policy, key):
+        return give_up(layout, spec, step, dead, identity)
     while True:
-        tmp = _fresh_attempt_dir(layout, sid, step, key, continued)
+        tmp = fresh_attempt_dir(layout, sid, step, key, continued)
         attempt = 1 + attempts_ended(read_history(history_file, step))
         done = continued.done_steps if continued else 0
         append_history(history_file, start_record(step, attempt, key, done))
@@ -77,8 +77,8 @@ def run_attempts(
         except WallTimeReached as err:  # tmp stays for the next attempt, or give up
             ended = failed_summary(spec, step, "timeout", str(err))
             dead = end_record(step, attempt, key, ended, rule=None, restarted=False)
-            if not _close(layout, sid, dead, policy, key):
-                return _give_up(layout, spec, step, dead, identity)
+            if not close_attempt(layout, sid, dead, policy, key):
+                return give_up(layout, spec, step, dead, identity)
             raise
         failure = summary.get("failure")
         text = f"{summary.get('reason', '')}\n" + "\n".join(summary.get("traceback", []))
@@ -91,7 +91,7 @@ def run_attempts(
         if failure == "infrastructure":
             if restart:  # the attempt folder stays: the next run continues from it
                 raise Deferred(summary.get("cause", summary["reason"]))
-            return _give_up(layout, spec, step, end_record(
+            return give_up(layout, spec, step, end_record(
                 step, attempt, key, summary, rule=rule, restarted=False), identity)  # fmt: skip
         if not restart:
             return publish(layout, summary, tmp)
@@ -101,7 +101,7 @@ def run_attempts(
             continued = continuation(tmp) or continued
 
 
-def _fresh_attempt_dir(
+def fresh_attempt_dir(
     layout: Layout, sid: str, step: Step, key: str, continued: Continuation | None
 ) -> Path:
     """This process's attempt folder: its marker, and what it continues (the path so far
@@ -119,7 +119,7 @@ def _fresh_attempt_dir(
     return tmp
 
 
-def _close(layout: Layout, sid: str, dead: HistoryRecord, policy: dict[str, int],
+def close_attempt(layout: Layout, sid: str, dead: HistoryRecord, policy: dict[str, int],
            key: str) -> bool:  # fmt: skip
     """Record an attempt that ended without a result; True if it may be continued.
 
@@ -134,7 +134,7 @@ def _close(layout: Layout, sid: str, dead: HistoryRecord, policy: dict[str, int]
     return restart
 
 
-def _give_up(layout: Layout, spec: CalcSpec, step: Step, dead: HistoryRecord,
+def give_up(layout: Layout, spec: CalcSpec, step: Step, dead: HistoryRecord,
              identity: dict) -> Summary:  # fmt: skip
     """Publish a failed summary, alone, for an attempt that may not be restarted."""
     summary = failed_summary(spec, step, dead["failure"], dead.get("reason") or "")

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from poscarflow.attempts import Deferred, _close, _fresh_attempt_dir, _give_up, publish
+from poscarflow.attempts import Deferred, close_attempt, fresh_attempt_dir, give_up, publish
 from poscarflow.batch import reusable
 from poscarflow.calculators import get_calculator
-from poscarflow.compute import _numbers, _write_outputs, load_atoms, machine_fault
+from poscarflow.compute import load_atoms, machine_fault, summary_numbers, write_outputs
 from poscarflow.devices import resolve_device
 from poscarflow.files import read_frames, remove_leftovers
 from poscarflow.history import (
@@ -176,15 +176,15 @@ def _prepare(layout: Layout, step: Step, calc: Calc, policy: dict[str, int]) -> 
         logger.info("%s %s: continuing from step %d", step, calc.sid, calc.continued.done_steps)
     remove_leftovers(layout.calc_dir(calc.sid, step))
     dead = interrupted(read_history(layout.history(calc.sid), step))
-    if dead is not None and not _close(layout, calc.sid, dead, policy, calc.key):
-        return _give_up(layout, calc.spec, step, dead, calc.identity)
+    if dead is not None and not close_attempt(layout, calc.sid, dead, policy, calc.key):
+        return give_up(layout, calc.spec, step, dead, calc.identity)
     return None
 
 
 def _start(layout: Layout, step: Step, calc: Calc) -> bool:
     """Open an attempt: its folder and history record, its structure; False if that
     structure cannot be computed (a bad input, recorded in its summary)."""
-    calc.tmp = _fresh_attempt_dir(layout, calc.sid, step, calc.key, calc.continued)
+    calc.tmp = fresh_attempt_dir(layout, calc.sid, step, calc.key, calc.continued)
     calc.attempt = 1 + attempts_ended(read_history(layout.history(calc.sid), step))
     done = calc.continued.done_steps if calc.continued else 0
     append_history(layout.history(calc.sid), start_record(step, calc.attempt, calc.key, done))
@@ -232,8 +232,8 @@ def _stop_for_time(layout: Layout, calc: Calc, policy: dict[str, int]) -> None:
     ended = failed_summary(calc.spec, "relax", "timeout",
                            f"relax stopped after {steps} steps, before the time limit")  # fmt: skip
     dead = end_record("relax", calc.attempt, calc.key, ended, rule=None, restarted=False)
-    if not _close(layout, calc.sid, dead, policy, calc.key):
-        _give_up(layout, calc.spec, "relax", dead, calc.identity)
+    if not close_attempt(layout, calc.sid, dead, policy, calc.key):
+        give_up(layout, calc.spec, "relax", dead, calc.identity)
 
 
 @cache
@@ -367,8 +367,8 @@ def _relaxed(calc: Calc, converged: bool, engine: dict[str, Any]) -> None:
         "atoms": final, "results": dict(final.calc.results), "converged": converged,
         "trajectory": path, "input_atoms": {"atoms": path[0]}, **engine,
     }  # fmt: skip
-    calc.summary |= _numbers("relax", result) | {"device": engine["device"]}
-    _write_outputs(calc.sid, result, calc.tmp, whole_path=True)  # type: ignore[arg-type]
+    calc.summary |= summary_numbers("relax", result) | {"device": engine["device"]}
+    write_outputs(calc.sid, result, calc.tmp, whole_path=True)  # type: ignore[arg-type]
 
 
 def static_together(calcs: list[Calc], model: Any) -> None:
@@ -398,8 +398,8 @@ def static_together(calcs: list[Calc], model: Any) -> None:
         atoms.calc = SinglePointCalculator(atoms, **results)
         result = {"atoms": atoms, "results": results, "name": "TorchSim Static",
                   "device": str(model.device)}  # fmt: skip
-        calc.summary |= _numbers("static", result) | {"device": str(model.device)}
-        _write_outputs(calc.sid, result, calc.tmp, whole_path=False)  # type: ignore[arg-type]
+        calc.summary |= summary_numbers("static", result) | {"device": str(model.device)}
+        write_outputs(calc.sid, result, calc.tmp, whole_path=False)  # type: ignore[arg-type]
 
 
 def _frames(state: Any) -> list[Atoms | None]:

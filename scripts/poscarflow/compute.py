@@ -72,10 +72,10 @@ def compute(
         result = _run_quacc(recipe, step, spec, atoms, workdir)
         if continued is not None:  # the whole path, from the input on
             result["trajectory"] = continued.frames + list(result["trajectory"][1:])
-        summary |= _numbers(step, result)
+        summary |= summary_numbers(step, result)
         if result.get("corrections"):  # custodian fixed VASP and reran it
             summary["corrections"] = result["corrections"]
-        _write_outputs(spec["id"], result, workdir, whole_path=continued is not None)
+        write_outputs(spec["id"], result, workdir, whole_path=continued is not None)
     except BadInput as err:
         summary |= {"status": "failed", "failure": "bad_input", "reason": str(err)}
     except WallTimeReached:
@@ -174,7 +174,7 @@ def _run_quacc(recipe: Callable, step: Step, spec: CalcSpec, atoms: Atoms, workd
     return result
 
 
-def _numbers(step: Step, result: dict) -> dict[str, Any]:
+def summary_numbers(step: Step, result: dict) -> dict[str, Any]:
     """The few numbers of a quacc result that the summary table needs."""
     import numpy as np
     from ase import units
@@ -214,7 +214,7 @@ def _numbers(step: Step, result: dict) -> dict[str, Any]:
     return numbers
 
 
-def _write_outputs(sid: str, result: dict, workdir: Path, *, whole_path: bool) -> None:
+def write_outputs(sid: str, result: dict, workdir: Path, *, whole_path: bool) -> None:
     """Write the checkpoint files: the full quacc result (Atoms as ASE's JSON, so they
     read back with positions: `read_result`), the final structure as extxyz with energy
     and forces and as a POSCAR when it has a cell, and for a continued relax the whole
