@@ -20,13 +20,10 @@ def test_database_takes_parameter_hashes_that_look_like_numbers(tmp_path, monkey
 
     monkeypatch.chdir(tmp_path)
     plan = argon_plan(tmp_path)
-    for step in ("relax", "static"):
-        run_step(plan, step)
-    from poscarflow.collect import collect
-
-    collect(["Ar"], "results/summary.csv", "results/relaxed.extxyz", "logs/c.log")
+    run_step(plan, "relax")
     monkeypatch.setattr(database, "digest", lambda _: "2e28615391847580")
-    database.write_database("results/summary.json", "results/results.db", "logs/d.log")
+    run_step(plan, "static")  # makes the batch's part, database rows included
+    _finish(plan.layout, ["Ar"])
     (row,) = ase.db.connect("results/results.db").select()
     assert row.parameters_hash == "sha256:2e28615391847580"
 
@@ -38,18 +35,20 @@ def test_plots_of_many_structures_stay_a_picture(tmp_path, monkeypatch) -> None:
     from PIL import Image
 
     from poscarflow import plots
-    from poscarflow.files import write_json
+    from poscarflow.layout import Layout
 
-    table = tmp_path / "summary.json"
     rows = [{"id": f"s{i:05d}", "status": "done" if i % 7 else "unconverged",
              "calculator": "lj", "energy_per_atom_eV": -0.1 - 1e-5 * i, "opt_steps": i % 300,
              "converged": bool(i % 7), "natoms": 4, "volume_initial_A3": 10.0,
              "volume_final_A3": 10.0 + (i % 11 - 5) / 10} for i in range(10_000)]  # fmt: skip
-    write_json(table, rows)
     read = []
     monkeypatch.setattr(plots, "_trajectory_forces", lambda path, cell: read.append(path) or [])
     pngs = {name: tmp_path / f"{name}.png" for name in ("energies", "convergence", "volumes")}
-    plots.plot_all(str(table), **{k: str(v) for k, v in pngs.items()}, log=str(tmp_path / "p.log"))
+    plt = plots.pyplot()
+    plots.plot_energies(plt, rows, str(pngs["energies"]))
+    plots.plot_convergence(plt, Layout(tmp_path), rows, str(pngs["convergence"]))
+    plots.plot_volumes(plt, rows, str(pngs["volumes"]))
+    plt.close("all")
     for path in pngs.values():
         width, height = Image.open(path).size
         assert width < 2000
@@ -114,11 +113,15 @@ def results(tmp_path, monkeypatch):
     return layout
 
 
-def _collect(layout) -> None:
-    from poscarflow.collect import collect
+def _finish(layout, ids: list[str], batches: dict[str, list[str]] | None = None) -> None:
+    """The finishing job's work: table, structures, database and plots."""
+    from poscarflow.finish import finish_results
 
-    collect(["Ag", "Au", "Cu"], str(layout.table), str(layout.relaxed), "logs/collect.log",
-            table_json=str(layout.table_json))  # fmt: skip
+    finish_results(layout, ids, batches or {"batch0": ids}, "logs/finish.log")
+
+
+def _collect(layout) -> None:
+    _finish(layout, ["Ag", "Au", "Cu"])
 
 
 def _csv(layout) -> dict[str, dict]:
@@ -169,19 +172,14 @@ def test_free_energy_stress_and_warnings_columns_also_from_older_summaries(resul
     assert full["Cu"]["max_stress_GPa"] is None
 
 
-def test_html_table_and_overview_for_the_report(results, tmp_path) -> None:
-    from poscarflow.collect import collect
-
-    html, overview = tmp_path / "summary.html", tmp_path / "overview.rst"
-    collect(["Ag", "Au", "Cu"], str(results.table), str(results.relaxed), "logs/c.log",
-            table_json=str(results.table_json), table_html=str(html),
-            overview=str(overview))  # fmt: skip
-    page = html.read_text(encoding="ascii")  # Å as a character reference
+def test_html_table_and_overview_for_the_report(results) -> None:
+    _collect(results)
+    page = results.table_html.read_text(encoding="ascii")  # Å as a character reference
     assert "<th>static energy (eV)</th>" in page
     assert "<th>volume final (&#197;&#179;)</th>" in page
     assert '<td class="num">-0.000367</td>' in page
     assert page.index(">Au<") < page.index(">Ag<")  # failed first
-    text = overview.read_text()
+    text = results.overview.read_text()
     assert "**3 structures**: 2 done, 1 failed; computed with emt." in text
     assert "ase 3.29.0, poscarflow code 0123abcd, quacc 1.8.2" in text
     assert "``Au``: structures/Au.vasp: overlapping atoms" in text
@@ -191,10 +189,7 @@ def test_database_has_calculator_energies_and_stress_the_ase_way(results) -> Non
     """Regression: `ase db` showed `unknown` as every row's calculator."""
     import ase.db
 
-    from poscarflow.database import write_database
-
     _collect(results)
-    write_database(str(results.table_json), str(results.database), "logs/database.log")
     db = ase.db.connect(str(results.database))
     rows = {row.structure_id: row for row in db.select()}
     assert sorted(rows) == ["Ag", "Cu"]  # failed structures have no relaxed structure
@@ -215,19 +210,18 @@ def test_database_has_calculator_energies_and_stress_the_ase_way(results) -> Non
 
 
 def test_database_rows_are_written_in_one_transaction(results, monkeypatch) -> None:
-    """One connection and one commit for all rows (a commit each costs a disk sync),
-    plus one for the metadata."""
+    """One connection and one commit for a batch's rows (a commit each costs a disk
+    sync)."""
     import ase.db.sqlite
 
-    from poscarflow.database import write_database
+    from poscarflow.parts import make_part
 
-    _collect(results)
     connections = []
     connect = ase.db.sqlite.SQLite3Database._connect
     monkeypatch.setattr(ase.db.sqlite.SQLite3Database, "_connect",
                         lambda self: connections.append(1) or connect(self))  # fmt: skip
-    write_database(str(results.table_json), str(results.database), "logs/database.log")
-    assert len(connections) <= 2
+    make_part(results, "batch0", dict.fromkeys(["Ag", "Au", "Cu"], ""))
+    assert len(connections) == 1
 
 
 def _trajectory(path, atoms, stresses) -> None:
@@ -249,13 +243,11 @@ def test_plots_say_what_they_show(results) -> None:
     """Regression: symmetric cells' forces (1e-15) fell below the axis, so few curves
     showed; no legend for the curves or the volume colours; the title read "11 slowest
     of 11"; the energy plot did not say that failed structures were left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from ase.build import bulk
 
     from poscarflow import plots
+
+    plt = plots.pyplot()
 
     _collect(results)
     _trajectory(results.trajectory("Ag"), bulk("Ag", "fcc", a=4.06), [0.05, 0.01, 1e-4])
@@ -277,3 +269,70 @@ def test_plots_say_what_they_show(results) -> None:
         assert max(line.get_ydata()) > 1e-3
     assert "2 slowest of 2" in forces.get_title()
     plt.close("all")
+
+
+# Parts: each static batch job's share of the run-wide outputs ------------------------------
+
+
+def test_finishing_joins_the_parts_in_table_order_without_reading_calculations(
+    results, monkeypatch
+) -> None:
+    """The finishing job reads only the batches' parts (not 30,000 files at 10,000
+    structures), and its table, extxyz and database follow the structures' order, not
+    the batches'."""
+    import ase.db
+    from ase.io import read
+
+    from poscarflow import parts
+
+    batches = {"batch0": ["Cu", "Au"], "batch1": ["Ag"]}
+    for batch, ids in batches.items():
+        parts.make_part(results, batch, dict.fromkeys(ids, ""))
+
+    def no_calculations(*args) -> None:
+        raise AssertionError("the finishing job read a calculation's files")
+
+    monkeypatch.setattr(parts, "summaries", no_calculations)
+    _finish(results, ["Ag", "Au", "Cu"], batches)
+    assert list(_csv(results)) == ["Ag", "Au", "Cu"]
+    assert [a.info["id"] for a in read(results.relaxed, ":")] == ["Ag", "Cu"]
+    rows = list(ase.db.connect(str(results.database)).select())
+    assert [(r.id, r.structure_id) for r in rows] == [(1, "Ag"), (3, "Cu")]
+    assert rows[0].energy == pytest.approx(AG_ENERGY - 1e-9, rel=1e-12)
+    assert rows[1].static_energy == pytest.approx(-0.0070331461937, rel=1e-12)
+
+
+def test_a_part_whose_keys_or_code_differ_is_made_again(results, monkeypatch) -> None:
+    """A part is a cache: a manifest with other keys (the calculations changed) or
+    other code makes the finishing job remake it from the calculations."""
+    from poscarflow import parts
+    from poscarflow.files import read_json, write_json
+
+    ids = ["Ag", "Au", "Cu"]
+    parts.make_part(results, "batch0", dict.fromkeys(ids, ""))
+    summary = read_json(results.summary("Ag", "static"))
+    write_json(results.summary("Ag", "static"), summary | {"energy": -1.0, "key": "new"})
+    keys = {sid: "new" if sid == "Ag" else "" for sid in ids}
+    write_json(results.manifest("static", "batch0"),
+               {sid: {"key": key, "status": "done"} for sid, key in keys.items()})  # fmt: skip
+    _collect(results)
+    assert _csv(results)["Ag"]["static_energy_eV"] == "-1.000000"
+    assert read_json(results.part("batch0"))["keys"]["Ag"] == "new"
+    write_json(results.summary("Ag", "static"), summary | {"energy": -2.0, "key": "new"})
+    _collect(results)  # same keys, same code: the part is used as it is
+    assert _csv(results)["Ag"]["static_energy_eV"] == "-1.000000"
+    parts.part_format.cache_clear()
+    monkeypatch.setattr(parts, "module_hashes", lambda *names: {"poscarflow.parts": "other"})
+    _collect(results)
+    assert _csv(results)["Ag"]["static_energy_eV"] == "-2.000000"
+    parts.part_format.cache_clear()
+
+
+def test_the_table_code_is_not_the_calculations_code() -> None:
+    """Changing a column of the table must rerun no calculation: the modules that make
+    parts are outside the code fingerprint of relax and static jobs."""
+    from poscarflow.fingerprint import job_code
+
+    modules = job_code("emt")["modules"]
+    assert "poscarflow.batch" in modules
+    assert not {"poscarflow.parts", "poscarflow.collect", "poscarflow.database"} & set(modules)

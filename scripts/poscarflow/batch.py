@@ -26,6 +26,7 @@ logger = logging.getLogger("poscarflow")
 
 
 LOST = "its pool process died twice"
+PARTS = "poscarflow.parts"
 
 
 def run_batch(request: Request, mapper: Callable[..., Iterable] = map) -> dict[str, str]:
@@ -52,8 +53,20 @@ def run_batch(request: Request, mapper: Callable[..., Iterable] = map) -> dict[s
     logger.info("%s batch %s done: %d calculations, %d failed, %d to retry", request["step"],
                 request["batch"], len(entries), failed, len(lost))  # fmt: skip
     if not lost:
+        if request["step"] == "static":
+            keys = {sid: entry["key"] for sid, entry in entries.items()}
+            list(mapper(make_part, [(request["results"], request["batch"], keys)]))
         write_json(request["manifest"], entries)
     return lost
+
+
+def make_part(task: tuple[str, str, dict[str, str]]) -> None:
+    """The batch's share of the table, relaxed structures and database (a picklable
+    task). poscarflow.parts is imported by name, so that the table's code stays out of
+    the calculations' code fingerprint: changing a column reruns no calculation."""
+    import importlib
+
+    importlib.import_module(PARTS).make_part_of_request(task)
 
 
 def run_one(task: tuple[Request, str]) -> ManifestEntry:

@@ -1,9 +1,10 @@
-"""Collect per-calculation summaries into the results table and the relaxed structures.
+"""The results table, from the per-calculation summaries.
 
 One row per structure, in three forms: `summary.json` (full precision, for programs:
-plots and the database read it), `summary.csv` (rounded to what the calculations can
-tell apart, units in the column names) and `summary.html` (the same, readable, for the
-Snakemake report), plus a short overview of the run for the report's first page.
+the plots read it), `summary.csv` (rounded to what the calculations can tell apart, units
+in the column names) and `summary.html` (the same, readable, for the Snakemake report),
+plus a short overview of the run for the report's first page. Rows are made per batch
+(poscarflow.parts) and written here.
 """
 
 from __future__ import annotations
@@ -95,44 +96,27 @@ def rounded(row: dict) -> dict:
     return shown
 
 
-def collect(
-    ids: list[str],
-    table: str,
-    extxyz: str,
-    log: str,
-    *,
-    table_json: str | None = None,
-    table_html: str | None = None,
-    overview: str | None = None,
-) -> None:
-    """Write the summary table (CSV, and JSON, HTML and the report's overview when their
-    paths are given) and the relaxed structures (with energies and forces).
+def relax_versions(relax: dict) -> Counter:
+    """What computed a relax, for the overview: "name version" → 1 (the science stack and
+    poscarflow's code digest), and "relaxes" → 1 if the relax recorded them."""
+    versions = Counter()
+    if code := relax.get("code"):
+        found = code.get("versions", {}) | {"poscarflow code": code.get("digest")}
+        versions.update(f"{name} {value}" for name, value in found.items() if value)
+        versions["relaxes"] += 1
+    return versions
 
-    The results folder is the table's folder.
-    """
-    log_to(log)
-    layout = Layout(Path(table).parent)
-    rows, versions = [], Counter()
-    for sid in ids:
-        relax, static = summaries(layout, sid)
-        rows.append(structure_row(sid, relax, static))
-        if code := relax.get("code"):
-            found = code.get("versions", {}) | {"poscarflow code": code.get("digest")}
-            versions.update(f"{name} {value}" for name, value in found.items() if value)
-            versions["relaxes"] += 1
-    write_json(table_json or layout.table_json, rows)
-    with atomic_path(table) as tmp, tmp.open("w", newline="") as handle:
+
+def write_tables(rows: list[dict], versions: Counter, layout: Layout) -> None:
+    """The summary table as `summary.json` (full precision), `summary.csv` (rounded,
+    units in the column names) and `summary.html`, and the report's overview."""
+    write_json(layout.table_json, rows)
+    with atomic_path(layout.table) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rounded(row) for row in rows)
-    if table_html:
-        write_html_table(rows, table_html)
-    if overview:
-        write_overview(rows, versions, overview)
-    with atomic_path(extxyz) as tmp, tmp.open("w") as out:
-        for row in rows:
-            if row["status"] != "failed":
-                out.write(layout.final_structure(row["id"]).read_text())
+    write_html_table(rows, str(layout.table_html))
+    write_overview(rows, versions, str(layout.overview))
     logging.info("collected %d structures: %s", len(rows), dict(status_counts(rows)))
 
 

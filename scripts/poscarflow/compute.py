@@ -226,7 +226,8 @@ def write_outputs(sid: str, result: dict, workdir: Path, *, whole_path: bool) ->
         write_frames(workdir / TRAJECTORY, result["trajectory"])
         (workdir / f"{TRAJECTORY}.gz").unlink(missing_ok=True)
         (workdir / PATH).unlink(missing_ok=True)
-    with atomic_path(workdir / RESULT) as tmp, gzip.open(tmp, "wt") as handle:
+    # gzip level 1: level 9 (the default) took 20-30 ms per EMT relax, for 8 % fewer bytes
+    with atomic_path(workdir / RESULT) as tmp, gzip.open(tmp, "wt", compresslevel=1) as handle:
         handle.write(encode_result(result))
     atoms = result["atoms"].copy()
     atoms.info = {"id": sid}

@@ -1,20 +1,24 @@
 """The ASE database of results: `ase db results/results.db` reads it.
 
-One row per relaxed structure: the structure, energy, forces and stress of the relax's
-last step (ASE's `energy`, `fmax`, ... columns), the calculator the ASE way (`calculator`
-and `calculator_parameters` columns), and key-value pairs for the rest, described in the
-database's metadata (`ase db -w` shows the descriptions).
+One row per relaxed structure, in the table's order: the structure, energy, forces and
+stress of the relax's last step (ASE's `energy`, `fmax`, ... columns), the calculator the
+ASE way (`calculator` and `calculator_parameters` columns), and key-value pairs for the
+rest, described in the database's metadata (`ase db -w` shows the descriptions). Each
+batch's rows are written where its static job ran (poscarflow.parts); `merge` joins them.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from poscarflow import log_to
-from poscarflow.files import atomic_path, read_json
+from poscarflow.files import atomic_path
 from poscarflow.fingerprint import digest
-from poscarflow.layout import Layout
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ase import Atoms
 
 logger = logging.getLogger("poscarflow.database")
 
@@ -37,42 +41,67 @@ DEFAULT_COLUMNS = ["id", "structure_id", "formula", "calculator", "energy", "sta
                    "fmax", "max_stress", "volume", "status"]  # fmt: skip
 
 
-def write_database(table: str, database: str, log: str) -> None:
-    """An ASE database of every relaxed structure from the results table `summary.json`
-    (the calculations' folders are beside it), written in one transaction."""
+METADATA = {"title": "poscarflow results", "key_descriptions": KEY_DESCRIPTIONS,
+            "default_columns": DEFAULT_COLUMNS}  # fmt: skip
+
+
+def write_rows(path: Path, rows: list[tuple[dict, dict, Atoms]]) -> None:
+    """An ASE database of (table row, relax summary, relaxed structure) rows, with ids
+    1, 2, ... in their order, written in one transaction (a commit per row costs a disk
+    sync)."""
     import ase.db
 
-    log_to(log)
-    layout = Layout(Path(table).parent)
-    rows = [row for row in read_json(table) if row["status"] != "failed"]
-    relaxed = _relaxed_structures(layout)
+    with atomic_path(path) as tmp:
+        db = ase.db.connect(str(tmp), type="db", append=False)
+        with db:
+            for row, relax, atoms in rows:
+                db.write(_recorded(atoms, row, relax), **_key_value_pairs(row, relax))
+
+
+def merge(parts: list[tuple[Path, list[int]]], database: Path) -> int:
+    """The run's database from the parts' databases (path, the new id of each of its
+    rows), copied table by table in SQL: a write per row through ase.db costs about
+    1 ms (10 s for 10,000 structures), this a few milliseconds per part. The new ids are
+    the structures' places in the run, so `ase db` lists rows in the table's order.
+    Parts come from the same ASE version (poscarflow.parts checks it), so the tables
+    agree. Returns the number of rows."""
+    import sqlite3
+
+    import ase.db
+
     with atomic_path(database) as tmp:
         db = ase.db.connect(str(tmp), type="db", append=False)
-        with db:  # one connection, one transaction: a commit per row costs a disk sync
-            for row in rows:
-                relax = read_json(layout.summary(row["id"], "relax"))
-                atoms = _relaxed_atoms(layout, row, relax, relaxed.get(row["id"]))
-                db.write(atoms, **_key_value_pairs(row, relax))
-        db.metadata = {"title": "poscarflow results", "key_descriptions": KEY_DESCRIPTIONS,
-                       "default_columns": DEFAULT_COLUMNS}  # fmt: skip
-    logger.info("database written: %s (%d structures)", database, len(rows))
+        db.metadata = METADATA  # also creates ase.db's tables
+        con = sqlite3.connect(tmp, isolation_level=None)
+        con.execute("PRAGMA synchronous = OFF")  # the file is moved into place when whole
+        names = [n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                 if n not in ("information", "sqlite_sequence")]  # fmt: skip
+        tables = {n: [c[1] for c in con.execute(f"PRAGMA table_info({n})")] for n in names}
+        count = 0
+        for path, ids in parts:
+            if not ids:
+                continue
+            con.execute("ATTACH DATABASE ? AS part", (str(path),))
+            con.execute("BEGIN")
+            con.execute("CREATE TEMP TABLE idmap (old INTEGER PRIMARY KEY, new INTEGER)")
+            con.executemany("INSERT INTO idmap VALUES (?, ?)", enumerate(ids, 1))
+            for table, columns in tables.items():
+                chosen = ", ".join("m.new" if c == "id" else f"t.{c}" for c in columns)
+                con.execute(f"INSERT INTO main.{table} ({', '.join(columns)}) SELECT {chosen} "
+                            f"FROM part.{table} t JOIN idmap m ON t.id = m.old")  # fmt: skip
+            con.execute("DROP TABLE temp.idmap")
+            con.execute("COMMIT")
+            con.execute("DETACH DATABASE part")
+            count += len(ids)
+        con.close()
+    logger.info("database written: %s (%d structures)", database, count)
+    return count
 
 
-def _relaxed_structures(layout: Layout) -> dict:
-    """Id → relaxed structure, from `relaxed.extxyz` in one read (10,000 files opened one
-    by one cost seconds); empty if it is not there."""
-    import ase.io
-
-    if not layout.relaxed.exists():
-        return {}
-    return {atoms.info.get("id"): atoms for atoms in ase.io.iread(layout.relaxed, format="extxyz")}
-
-
-def _relaxed_atoms(layout: Layout, row: dict, relax: dict, atoms=None):
+def _recorded(atoms: Atoms, row: dict, relax: dict) -> Atoms:
     """The relaxed structure with the relax's energy, forces and stress, on a single-point
     calculator named like the calculator, with the relax's calculator keyword arguments
     as its parameters (ase.db's `calculator` and `calculator_parameters`)."""
-    import ase.io
     from ase.calculators.singlepoint import SinglePointCalculator
 
     class Recorded(SinglePointCalculator):
@@ -81,8 +110,9 @@ def _relaxed_atoms(layout: Layout, row: dict, relax: dict, atoms=None):
         def todict(self) -> dict:
             return relax.get("parameters", {}).get("relax", {}).get("calc_kwargs", {})
 
-    if atoms is None:
-        atoms = ase.io.read(layout.final_structure(row["id"]), format="extxyz")
+        def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+            return []  # made for these atoms here: ase.db's comparisons cost half a write
+
     results = dict(atoms.calc.results) if atoms.calc else {}
     atoms.info = {}
     atoms.calc = Recorded(atoms, **results)

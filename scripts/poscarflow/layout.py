@@ -7,6 +7,7 @@ results/
   calcs/<id>/.<step>.tmp-<pid>/   an attempt in progress, or one a kill left behind
   batches/<step>/<batch>.json     a batch job's manifest: each id's key and status
   requests/<step>-<batch>-<hash>.json   what a batch job is asked to do (its parameters)
+  parts/<batch>.json, .extxyz, .db      a batch's share of the run-wide outputs
   summary.csv, summary.json, relaxed.extxyz, results.db, plots/, .complete
 ```
 """
@@ -80,6 +81,10 @@ class Layout:
     def request(self, step: str, batch: str, digest: str) -> Path:
         """A batch job's request file, named by its content so it never changes."""
         return self.root / "requests" / f"{step}-{batch}-{digest}.json"
+
+    def part(self, batch: str, suffix: str = ".json") -> Path:
+        """A batch's share of the run-wide outputs (see poscarflow.parts)."""
+        return self.root / "parts" / f"{batch}{suffix}"
 
     # Run-wide outputs
     @property

@@ -162,9 +162,10 @@ class Plan:
         return list(ids) if ids else list(self.structures)
 
     def run_file(self) -> Path:
-        """A file naming this run's results folder and structure ids (for the pool's
-        progress lines), named by its content."""
-        run = {"results": str(self.layout.root), "ids": list(self.structures)}
+        """A file naming this run's results folder, structure ids and batches (for the
+        pool's progress lines and the finishing job), named by its content."""
+        run = {"results": str(self.layout.root), "ids": list(self.structures),
+               "batches": self.batches}  # fmt: skip
         path = self.layout.root / "requests" / f"run-{digest(run)}.json"
         if not path.exists():
             write_json(path, run)

@@ -1,7 +1,7 @@
 """Figures people would rather look at than read: energies, convergence, volume change.
 
-They read the full-precision table (`summary.json`) and, for the convergence curves, the
-optimizer trajectories of the few slowest relaxes only, so that 10,000 structures plot
+They read the rows of the full-precision table (`summary.json`) and, for the convergence
+curves, the optimizer trajectories of the few slowest relaxes only, so that 10,000 structures plot
 in seconds and every picture stays a picture (bars for a few structures, histograms for
 many).
 """
@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from poscarflow import log_to
 from poscarflow.files import atomic_path, read_json
 from poscarflow.layout import Layout
 
@@ -34,22 +33,14 @@ def _save(fig, path: str) -> None:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
 
-def plot_all(table: str, energies: str, convergence: str, volumes: str, log: str) -> None:
-    """Energy per atom, relaxation convergence and volume change, one PNG each, from
-    the results table `summary.json` (the calculations' folders are beside it)."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (PNG files, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    log_to(log)
-    rows = read_json(table)
-    layout = Layout(Path(table).parent)
-    plot_energies(plt, rows, energies)
-    plot_convergence(plt, layout, rows, convergence)
-    plot_volumes(plt, rows, volumes)
-    plt.close("all")
-    logger.info("plotted %d structures", len(rows))
+    return plt
 
 
 def _calculators(rows: list[dict]) -> str:

@@ -59,6 +59,18 @@ class ManifestEntry(TypedDict):
     reason: NotRequired[str]
 
 
+class Part(TypedDict):
+    """A batch's share of the run-wide outputs (poscarflow.parts), with what it was made
+    from: beside it, `<batch>.extxyz` (its relaxed structures, in `frames` order) and
+    `<batch>.db` (their database rows, ids 1, 2, ... in the same order)."""
+
+    format: str  # digest of the code that made it (and of ASE's version)
+    keys: dict[str, str]  # id → the static reuse key in the batch manifest
+    rows: list[dict]  # table rows at full precision, in the batch's order
+    versions: dict[str, int]  # "name version" → relaxes computed with it, and "relaxes"
+    frames: list[tuple[str, int]]  # (id, lines) of each relaxed structure
+
+
 class Summary(TypedDict, total=False):
     """A calculation's `summary.json`: provenance, status and the numbers of the table."""
 

@@ -41,15 +41,6 @@ wildcard_constraints:
     batch="|".join(map(re.escape, PLAN.batches)) or "(?!)",
 
 
-def batch_structures(wildcards):
-    """The structure files a relax batch reads. `ancient`: a touched file is no change;
-    a changed structure reaches the job as a new structure_hash in its parameters. A file
-    discovery found unusable (a dangling link, an unsafe name) is not an input: its
-    relax fails alone with the reason."""
-    structures = [PLAN.structures[sid] for sid in PLAN.batches[wildcards.batch]]
-    return [ancient(s.path) for s in structures if s.problem is None]
-
-
 def parameters(step):
     """A hash of every parameter of a batch's calculations (for the params trigger)."""
 

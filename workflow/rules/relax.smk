@@ -1,6 +1,7 @@
+# No input files: a structure reaches its batch as the hash of its content, in the
+# parameters (a touched file is no change, a moved atom is). Listing 10,000 structure
+# files as inputs made Snakemake stat every one of them at each scheduling round.
 rule relax:
-    input:
-        batch_structures,
     output:
         f"{RESULTS}/batches/relax/{{batch}}.json",
     log:
