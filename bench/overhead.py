@@ -12,6 +12,7 @@
 
 Every figure is printed with its target. Usage:
     python bench/overhead.py [--n 100] [--cores 2] [--big 10000] [--huge 0]
+                             [--batch-sizes 10 25 100]
 """
 
 from __future__ import annotations
@@ -95,17 +96,24 @@ def in_process_loop(workflow: Workflow, workdir: Path, cores: int) -> None:
         pool.map(_worker, tasks, chunksize=1)
 
 
-def overhead(root: Path, n: int, cores: int) -> None:
-    """Part 1: workflow against the in-process loop on the same structures."""
+def overhead(root: Path, n: int, cores: int, batch_sizes: list[int | None]) -> None:
+    """Part 1: workflow against the in-process loop on the same structures, for each
+    batch size (None: the calculator's default)."""
     workflow = Workflow(root / "overhead")
     make_structures(workflow.structures, n)
     loop = timed(f"in-process loop, {cores} workers, {n} structures", in_process_loop,
                  workflow, root / "loop", cores)  # fmt: skip
-    flow = timed(f"workflow (snakemake --cores {cores}), {n} structures", workflow.run,
-                 cores=cores)  # fmt: skip
     target = RATIO_TARGETS.get((n, cores))
     goal = f" (target <= {target})" if target else ""
-    print(f"ratio workflow / loop: {flow / loop:.2f}{goal}", flush=True)
+    for size in batch_sizes:
+        shutil.rmtree(workflow.root / "results", ignore_errors=True)
+        shutil.rmtree(workflow.root / ".snakemake", ignore_errors=True)
+        workflow.config["batch_size"] = size
+        workflow.write_config()
+        label = f"batch_size {size}" if size else "default batch_size"
+        flow = timed(f"workflow (snakemake --cores {cores}), {n} structures, {label}",
+                     workflow.run, cores=cores)  # fmt: skip
+        print(f"ratio workflow / loop, {label}: {flow / loop:.2f}{goal}", flush=True)
 
 
 def finishing_rules(workflow: Workflow, cores: int) -> None:
@@ -165,10 +173,12 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2, help="cores and loop workers")
     parser.add_argument("--big", type=int, default=10_000, help="scale part (0: skip)")
     parser.add_argument("--huge", type=int, default=0, help="a second scale part, e.g. 100000")
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[],
+                        help="also measure the ratio with these batch sizes")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="poscarflow-bench-") as tmp:
         if args.n:
-            overhead(Path(tmp), args.n, args.cores)
+            overhead(Path(tmp), args.n, args.cores, [None, *args.batch_sizes])
         for n in (args.big, args.huge):
             if n:
                 scale(Path(tmp), n, args.cores)
