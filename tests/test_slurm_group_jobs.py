@@ -9,19 +9,36 @@ a long scenario in the background that holds one of the local cluster's two CPUs
 from __future__ import annotations
 
 from datetime import datetime
+from types import SimpleNamespace
 
 import pytest
 from ase.build import bulk
 from ase.io import write
 
+from poscarflow import slurm
 from tests import test_slurm
 from tests.conftest import Workflow
 from tests.test_slurm import SUBMITTED, slurm_run
 
-pytestmark = pytest.mark.slow
 partition = test_slurm.partition  # the local cluster's partition (a fixture)
 
 
+@pytest.mark.parametrize("as_script", [False, True])
+def test_the_job_runs_its_rules_without_the_plugins_jobstep(as_script: bool) -> None:
+    """The installed plugin's options for Snakemake in the job lose its jobstep executor
+    (and that executor's settings), so that Snakemake's local executor runs the rules."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    from snakemake_executor_plugin_slurm import Executor
+
+    args = slurm.without_jobstep(Executor.additional_general_args)
+    assert slurm.without_jobstep(args) is args  # changed once only
+    settings = SimpleNamespace(pass_command_as_script=as_script)
+    plugin = SimpleNamespace(workflow=SimpleNamespace(executor_settings=settings))
+    assert "slurm-jobstep" in Executor.additional_general_args(plugin)
+    assert args(plugin) == ""
+
+
+@pytest.mark.slow
 def test_batches_of_one_group_job_overlap_in_time(workflow: Workflow, partition: str) -> None:
     """Two batches of one structure each (256 rattled Cu atoms: an EMT relax of a few
     seconds) make one group job of 2 CPUs (`--cores 2`); their relaxes must run at the

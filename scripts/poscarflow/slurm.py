@@ -83,8 +83,8 @@ def job_state(job_id: str | None) -> str | None:
     """The state SLURM reports for a job (kept for MinJobAge after it ends), or None
     for no job; NO_ANSWER when neither slurmctld nor the accounting (sacct) answers.
 
-    A job one of whose processes the cgroup killed for memory (say, the calculation,
-    while Snakemake in the job lived on) ends FAILED, not OUT_OF_MEMORY; SLURM then says
+    A job one of whose job steps the cgroup killed for memory (say, VASP's srun, while
+    the job's own step lived on) ends FAILED, not OUT_OF_MEMORY; SLURM then says
     so only in the job's log ("Detected 1 oom-kill event(s)"), which is read here.
     While slurmctld is down (or has forgotten the job) the state comes from sacct,
     which names no log: such a FAILED stays FAILED.
