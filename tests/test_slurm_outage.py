@@ -205,7 +205,8 @@ def test_run_goes_on_through_a_slurmctld_outage(
     """Six batches, one per job (`--group-components calculation=1`), submitted two per
     5 s: when slurmctld stops, two jobs run (this node has two CPUs), two wait in the
     queue, and two are still to be submitted. The jobs' work starts 10 s after SLURM
-    starts them (`--precommand`), so their srun falls in the outage. A `sacct` that fails
+    starts them (`--precommand`), in the outage: it needs no job step (no srun), hence
+    no slurmctld (poscarflow.slurm.without_jobstep). A `sacct` that fails
     (a cluster without accounting; here the plugin's switch to sacct would answer) makes
     the plugin's status queries fail too while slurmctld is down."""
     ids = ("Cu_fcc", "Cu3Au_L12", "Cu_2x1x1_rattled", "Al_fcc", "Ni_fcc", "Pd_fcc")
@@ -263,7 +264,6 @@ def test_run_goes_on_through_a_slurmctld_outage(
     slurm_logs = "".join(
         p.read_text() for p in (workflow.root / ".snakemake/slurm_logs").rglob("*.log")
     )
-    assert "poscarflow: slurmctld does not answer: waiting" in slurm_logs  # srun waited
     assert "Unable to confirm allocation" not in slurm_logs
 
     # one attempt of each calculation, started and ended once

@@ -13,14 +13,18 @@ meanwhile are reported once slurmctld is back; but three SLURM clients give up e
   and which fails at once on a cluster without accounting), the plugin reports none of
   the jobs and stops asking about them: Snakemake then waits for them forever.
   `keep_unanswered_jobs` hands such jobs back to be asked about in the next round.
-- srun and sbatch, which give up after SLURM's MessageTimeout (about 10 s). The plugin
-  starts the work of every job with srun inside the job, so a job that SLURM started
-  just before an outage fails, and Snakemake resubmits it with more memory and time; a
-  failed sbatch counts as a failed attempt of its job and is retried at once, so three in
-  a row end the job for good. `use_waiting_wrappers` puts this package's `bin/srun` and
-  `bin/sbatch` first on PATH, for Snakemake and (sbatch's --export=ALL) its jobs: they
-  run `python -m poscarflow.slurm srun|sbatch`, which waits (at most WAIT_FOR_CONTROLLER
-  seconds) until `scontrol ping` answers, then runs SLURM's own command in its place.
+- srun and sbatch, which give up after SLURM's MessageTimeout (about 10 s): an srun in a
+  job (VASP's parallel command) then fails its calculation; a failed sbatch counts as a
+  failed attempt of its job and is retried at once, so three in a row end the job for
+  good. `use_waiting_wrappers` puts this package's `bin/srun` and `bin/sbatch` first on
+  PATH, for Snakemake and (sbatch's --export=ALL) its jobs: they run `python -m
+  poscarflow.slurm srun|sbatch`, which waits (at most WAIT_FOR_CONTROLLER seconds) until
+  `scontrol ping` answers, then runs SLURM's own command in its place.
+
+And that the batches of one SLURM job run side by side (`run_group_jobs_side_by_side`):
+the plugin's Snakemake inside a job runs a group job's batches one at a time, each in an
+srun job step it waits for (plugin issue 469); with its local executor instead, they run
+`--cores` at a time, in the job's own step, which needs no srun (nor slurmctld) to start.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ SINFO_TIMEOUT = 30  # seconds; sinfo waits for slurmctld, which may be busy or d
 ASK_TIMEOUT = 20  # seconds; a command for a down slurmctld gives up after about 18
 WAIT_FOR_CONTROLLER = 600  # seconds srun and sbatch wait for slurmctld to answer
 WRAPPERS = Path(__file__).resolve().parent / "bin"  # srun and sbatch that wait
+JOBSTEP_ARGS = re.compile(r"--executor slurm-jobstep|--jobs \d+|--slurm-jobstep-[\w-]+")
 NO_ANSWER = "NO_ANSWER"  # job_state when neither slurmctld nor the accounting answers
 
 # SLURM job states → failure classes of the restart policy.
@@ -78,8 +83,8 @@ def job_state(job_id: str | None) -> str | None:
     """The state SLURM reports for a job (kept for MinJobAge after it ends), or None
     for no job; NO_ANSWER when neither slurmctld nor the accounting (sacct) answers.
 
-    A job one of whose processes the cgroup killed for memory (say, the calculation,
-    while Snakemake in the job lived on) ends FAILED, not OUT_OF_MEMORY; SLURM then says
+    A job one of whose job steps the cgroup killed for memory (say, VASP's srun, while
+    the job's own step lived on) ends FAILED, not OUT_OF_MEMORY; SLURM then says
     so only in the job's log ("Detected 1 oom-kill event(s)"), which is read here.
     While slurmctld is down (or has forgotten the job) the state comes from sacct,
     which names no log: such a FAILED stays FAILED.
@@ -216,6 +221,21 @@ def keep_unanswered_jobs(check: Callable[..., AsyncIterator[Any]]) -> Callable[.
     return check_active_jobs
 
 
+def without_jobstep(args: Callable[[Any], str]) -> Callable[[Any], str]:
+    """The SLURM plugin's `additional_general_args` (options of the Snakemake that runs a
+    job's rules inside the job) without `--executor slurm-jobstep --jobs 1`: that executor
+    runs a group job's batches one at a time, each in a job step it waits for (plugin
+    issue 469), while the local executor runs them side by side, `--cores` at a time."""
+    if getattr(args, "without_jobstep", False):
+        return args
+
+    def additional_general_args(self: Any) -> str:
+        return JOBSTEP_ARGS.sub("", args(self)).strip()
+
+    additional_general_args.without_jobstep = True  # type: ignore[attr-defined]
+    return additional_general_args
+
+
 def tolerate_controller_outages() -> None:
     """For Snakemake submitting to SLURM: keep the jobs of unanswered status queries
     (`keep_unanswered_jobs`, in the SLURM plugin) and let srun and sbatch wait for
@@ -227,6 +247,16 @@ def tolerate_controller_outages() -> None:
     else:
         Executor.check_active_jobs = keep_unanswered_jobs(Executor.check_active_jobs)
     use_waiting_wrappers()
+
+
+def run_group_jobs_side_by_side() -> None:
+    """For Snakemake submitting to SLURM: the batches of one SLURM job run at the same
+    time, on the CPUs it asked for (`without_jobstep`, in the SLURM plugin)."""
+    try:
+        from snakemake_executor_plugin_slurm import Executor
+    except ImportError:  # not installed: this run does not submit with it
+        return
+    Executor.additional_general_args = without_jobstep(Executor.additional_general_args)
 
 
 def submits_to_slurm(workflow: Any) -> str | None:

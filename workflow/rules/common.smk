@@ -12,6 +12,7 @@ from poscarflow.plan import Plan
 from poscarflow.policy import escalated, read_file
 from poscarflow.slurm import (
     check_request,
+    run_group_jobs_side_by_side,
     submits_to_slurm,
     tolerate_controller_outages,
 )
@@ -28,8 +29,9 @@ try:  # an unusable structure folder or config: one line, before anything runs
             check_potcars(PLAN.elements, preset)
 except ValueError as err:
     raise SystemExit(f"poscarflow: {err}") from None
-if submits_to_slurm(workflow):  # a slurmctld that does not answer for a while
-    tolerate_controller_outages()
+if submits_to_slurm(workflow):
+    tolerate_controller_outages()  # a slurmctld that does not answer for a while
+    run_group_jobs_side_by_side()  # plugin issue 469
 MEM_MB = 2000  # per batch job, before escalation
 # The code a relax or static job runs (our modules and package versions) is part of its
 # shell command, so that Snakemake's own `code` trigger sees it.
