@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -23,9 +24,13 @@ from poscarflow.history import read_history
 from poscarflow.plan import Plan
 from tests.conftest import REPO, example_config, run_step
 
+if TYPE_CHECKING:
+    from ase import Atoms
+
 FAKE = Path(__file__).resolve().with_name("fake_vasp.py")
 SID = "Cu8"
 MAX_STEPS = 60
+RELAX = {"fmax": 0.02, "max_steps": MAX_STEPS, "relax_cell": True}  # the config's relax:
 # A fake POTCAR that pymatgen parses (custodian reads every input file, POTCAR included);
 # its numbers are made up, so pymatgen warns that it does not know it.
 POTCAR = """  PAW_PBE {el} 05Jan2001
@@ -44,6 +49,22 @@ POTCAR = """  PAW_PBE {el} 05Jan2001
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pymatgen on fake POTCARs
 
 
+def stand_in_env(root: Path) -> dict[str, str]:
+    """The variables with which quacc runs the stand-in as VASP, with fake POTCARs and an
+    empty quacc settings file under `root`; the stand-in's ledger is `root/ledger.jsonl`."""
+    (root / "quacc.yaml").write_text("")
+    pp = root / "pp"
+    (pp / "potpaw_PBE.64" / "Cu").mkdir(parents=True)
+    (pp / "potpaw_PBE.64" / "Cu" / "POTCAR").write_text(POTCAR.format(el="Cu"))
+    return {
+        "QUACC_CONFIG_FILE": str(root / "quacc.yaml"),
+        "VASP_PP_PATH": str(pp),
+        "QUACC_VASP_PP_PATH": str(pp),
+        "QUACC_VASP_CMD": f"{sys.executable} {FAKE}",
+        "FAKE_VASP_LEDGER": str(root / "ledger.jsonl"),
+    }
+
+
 def _vasp_env(mp: pytest.MonkeyPatch, root: Path) -> Path:
     """quacc runs the stand-in as VASP, with fake POTCARs; the stand-in's ledger path."""
     for name in list(os.environ):
@@ -51,18 +72,19 @@ def _vasp_env(mp: pytest.MonkeyPatch, root: Path) -> Path:
             mp.delenv(name)
     mp.setenv("CUSTODIAN_WALLTIME_START", "")  # custodian sets it in this process:
     mp.delenv("CUSTODIAN_WALLTIME_START")  # gone again after the test
-    (root / "quacc.yaml").write_text("")
-    pp = root / "pp"
-    (pp / "potpaw_PBE.64" / "Cu").mkdir(parents=True)
-    (pp / "potpaw_PBE.64" / "Cu" / "POTCAR").write_text(POTCAR.format(el="Cu"))
-    ledger = root / "ledger.jsonl"
-    mp.setenv("QUACC_CONFIG_FILE", str(root / "quacc.yaml"))
-    mp.setenv("VASP_PP_PATH", str(pp))
-    mp.setenv("QUACC_VASP_PP_PATH", str(pp))
-    mp.setenv("QUACC_VASP_CMD", f"{sys.executable} {FAKE}")
-    mp.setenv("FAKE_VASP_LEDGER", str(ledger))
+    for name, value in stand_in_env(root).items():
+        mp.setenv(name, value)
     mp.chdir(root)
-    return ledger
+    return root / "ledger.jsonl"
+
+
+def cu8() -> Atoms:
+    """The rattled Cu8 cell every stand-in test relaxes."""
+    from ase.build import bulk
+
+    atoms = bulk("Cu", cubic=True) * (2, 1, 1)
+    atoms.rattle(0.1, seed=3)
+    return atoms
 
 
 @pytest.fixture
@@ -75,18 +97,14 @@ def relax(policy: dict[str, int] | None = None, step: str = "relax", **quacc: ob
     """Relax (or compute the static of) a rattled Cu8 cell with VASP, in this folder,
     through the job code (as a SLURM job does), with `quacc` as the user's quacc
     settings; return the step's summary."""
-    from ase.build import bulk
     from ase.io import write
     from quacc import change_settings
 
     if not Path("structures", f"{SID}.vasp").exists():
-        atoms = bulk("Cu", cubic=True) * (2, 1, 1)
-        atoms.rattle(0.1, seed=3)
         Path("structures").mkdir(exist_ok=True)
-        write(f"structures/{SID}.vasp", atoms, format="vasp")
-    settings = {"fmax": 0.02, "max_steps": MAX_STEPS, "relax_cell": True}
+        write(f"structures/{SID}.vasp", cu8(), format="vasp")
     config = example_config(structures="structures", calculator="vasp",
-                            relax=example_config()["relax"] | settings)  # fmt: skip
+                            relax=example_config()["relax"] | RELAX)  # fmt: skip
     with change_settings(_user_settings() | quacc):
         run_step(Plan(config, Path(".h.json").resolve()), step, policy=policy or {})
     return json.loads(Path(f"results/calcs/{SID}/{step}/summary.json").read_text())
@@ -99,7 +117,7 @@ def _user_settings() -> dict:
             "VASP_PP_PATH": Path(os.environ["VASP_PP_PATH"])}  # fmt: skip
 
 
-def _steps(ledger: Path) -> list[dict]:
+def ledger_steps(ledger: Path) -> list[dict]:
     """The ionic steps the stand-in computed, in order (every run)."""
     lines = [json.loads(line) for line in ledger.read_text().splitlines()]
     return [r for r in lines if "step" in r]
@@ -121,17 +139,28 @@ def _path() -> list:
     return read_frames(Path(f"results/calcs/{SID}/relax/opt.traj"))
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """An uninterrupted VASP relax: its summary, final structure, path and ionic steps."""
-    root = tmp_path_factory.mktemp("uninterrupted")
+def uninterrupted(root: Path) -> dict:
+    """Relax Cu8 with VASP in `root`, uninterrupted: its summary, final structure, path
+    and ionic steps."""
+    root.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
         ledger = _vasp_env(mp, root)
         summary = relax()
-        return {"summary": summary, "final": _final(), "path": _path(), "steps": _steps(ledger)}
+        return {
+            "summary": summary,
+            "final": _final(),
+            "path": _path(),
+            "steps": ledger_steps(ledger),
+        }
 
 
-def _same_structure(a, b, tol: float = 1e-6) -> None:
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An uninterrupted VASP relax: its summary, final structure, path and ionic steps."""
+    return uninterrupted(tmp_path_factory.mktemp("uninterrupted"))
+
+
+def same_structure(a, b, tol: float = 1e-6) -> None:
     assert np.abs(a.cell.array - b.cell.array).max() < tol
     assert np.abs(a.positions - b.positions).max() < tol
 
@@ -266,12 +295,10 @@ def _ase_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The Cu8 relax's VASP inputs as quacc's run folder holds them while VASP runs
     (ASE's Vasp calculator writes them, with the tags quacc's relax sets that matter to
     the stand-in; quacc's own are used in the slow tests)."""
-    from ase.build import bulk
     from ase.calculators.vasp import Vasp
 
     _vasp_env(monkeypatch, tmp_path)
-    atoms = bulk("Cu", cubic=True) * (2, 1, 1)
-    atoms.rattle(0.1, seed=3)
+    atoms = cu8()
     run = tmp_path / "tmp-quacc-killed"
     run.mkdir()
     calc = Vasp(directory=str(run), xc="pbe", pp="potpaw_PBE.64", ibrion=2, isif=3, nsw=60,
@@ -283,13 +310,11 @@ def _ase_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _stand_in_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A run folder with quacc's VASP inputs for the Cu8 relax (quacc writes them with
     VASP_CMD=/bin/true); the stand-in then runs there as custodian runs VASP."""
-    from ase.build import bulk
     from quacc import JobFailure, change_settings
     from quacc.recipes.vasp.core import relax_job
 
     _vasp_env(monkeypatch, tmp_path)
-    atoms = bulk("Cu", cubic=True) * (2, 1, 1)
-    atoms.rattle(0.1, seed=3)
+    atoms = cu8()
     settings = _user_settings() | {
         "VASP_CMD": "/bin/true", "RESULTS_DIR": tmp_path, "CREATE_UNIQUE_DIR": False,
         "GZIP_FILES": False, "VASP_USE_CUSTODIAN": False}  # fmt: skip
@@ -317,9 +342,9 @@ def test_killed_relax_continues_from_its_last_ionic_step(ledger, reference) -> N
     (end,) = [r for r in _history() if r["event"] == "end" and r["attempt"] == 1]
     assert (end["failure"], end["restarted"]) == ("interrupted", True)
     # Ends where an uninterrupted relax ends, with as many ionic steps, none repeated.
-    _same_structure(_final(), reference["final"])
+    same_structure(_final(), reference["final"])
     assert summary["opt_steps"] == reference["summary"]["opt_steps"] == len(reference["steps"])
-    steps = _steps(ledger)
+    steps = ledger_steps(ledger)
     assert [s["run"] for s in steps].count(1) == 4
     assert len(steps) == len(reference["steps"])
     for ours, theirs in zip(steps, reference["steps"], strict=True):
@@ -327,11 +352,11 @@ def test_killed_relax_continues_from_its_last_ionic_step(ledger, reference) -> N
     path = _path()  # the whole ionic path of both attempts, from the input on
     assert len(path) == len(reference["path"]) == summary["opt_steps"] + 1
     for ours, theirs in zip(path, reference["path"], strict=True):
-        _same_structure(ours, theirs)
+        same_structure(ours, theirs)
     # The static runs on the final structure of the continued relax.
     static = relax(step="static")
     assert static["status"] == "done"
-    (computed,) = [s for s in _steps(ledger) if s["run"] == 3]
+    (computed,) = [s for s in ledger_steps(ledger) if s["run"] == 3]
     assert np.abs(np.subtract(computed["positions"], _final().positions)).max() < 1e-9
 
 
@@ -343,8 +368,8 @@ def test_relax_continues_from_the_last_whole_step_when_contcar_is_cut(ledger, re
     assert (summary["status"], summary["attempts"]) == ("done", 2)
     starts = [r for r in _history() if r["event"] == "start"]
     assert [r["continued_from"] for r in starts] == [0, 4]
-    _same_structure(_final(), reference["final"])
-    steps = _steps(ledger)  # step 4 is computed again (the restart point), nothing else
+    same_structure(_final(), reference["final"])
+    steps = ledger_steps(ledger)  # step 4 is computed again (the restart point), nothing else
     first_again = next(s for s in steps if s["run"] == 2)
     assert np.abs(np.subtract(first_again["positions"], steps[3]["positions"])).max() < 1e-6
     assert len(steps) == len(reference["steps"]) + 1 == summary["opt_steps"]
@@ -370,10 +395,10 @@ def test_custodian_fixes_a_vasp_error_inside_the_job_and_the_history_says_how(
     incar = Path(f"results/calcs/{SID}/relax/INCAR").read_text()
     assert "IBRION = 1" in incar  # VASP's last run had custodian's INCAR
     # Each rerun went on from CONTCAR: the path goes through the three runs, unbroken.
-    assert [s["run"] for s in _steps(ledger)].count(1) == 3
-    assert [s["run"] for s in _steps(ledger)].count(2) == 3
+    assert [s["run"] for s in ledger_steps(ledger)].count(1) == 3
+    assert [s["run"] for s in ledger_steps(ledger)].count(2) == 3
     assert summary["opt_steps"] == reference["summary"]["opt_steps"]
-    _same_structure(_final(), reference["final"])
+    same_structure(_final(), reference["final"])
 
 
 def _incar_changes(correction: dict) -> dict:
@@ -410,7 +435,7 @@ def test_custodian_giving_up_is_a_failure_class_the_policy_governs(
     assert second["status"] == "done"
     assert f"NSW = {MAX_STEPS - 3}" in Path(f"results/calcs/{SID}/relax/INCAR").read_text()
     assert done["opt_steps"] == reference["summary"]["opt_steps"]
-    _same_structure(_final(), reference["final"])
+    same_structure(_final(), reference["final"])
 
 
 @pytest.mark.slow
@@ -442,11 +467,11 @@ def test_relax_stopped_by_custodian_before_the_deadline_continues(
         deadline.cache_clear()
     (end,) = [r for r in _history() if r["event"] == "end"]
     assert (end["failure"], end["restarted"]) == ("timeout", True)
-    done_before = len(_steps(ledger))
+    done_before = len(ledger_steps(ledger))
     assert 0 < done_before < len(reference["steps"])
     monkeypatch.delenv("FAKE_VASP_SLEEP")
     summary = relax({"class:timeout": 1})
     assert (summary["status"], summary["attempts"]) == ("done", 2)
     assert [r["continued_from"] for r in _history() if r["event"] == "start"] == [0, done_before]
     assert summary["opt_steps"] == reference["summary"]["opt_steps"]
-    _same_structure(_final(), reference["final"])
+    same_structure(_final(), reference["final"])

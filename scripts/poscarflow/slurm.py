@@ -91,16 +91,30 @@ def job_state(job_id: str | None) -> str | None:
     """
     if not job_id:
         return None
-    out = _ask("scontrol", "show", "job", "-o", job_id)
-    if out is None:
+    fields = _job_fields(job_id)
+    if fields is None:
         accounted = _ask("sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State")
         words = (accounted or "").split()  # "CANCELLED by 0": the state is the first word
         return words[0] if words else NO_ANSWER
-    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
     state = fields.get("JobState")
     if state == "FAILED" and "oom-kill event" in _tail(fields.get("StdErr")):
         return "OUT_OF_MEMORY"
     return state
+
+
+def job_tasks(job_id: str | None) -> int | None:
+    """The tasks a SLURM job was given (sbatch --ntasks), or None outside SLURM or when
+    slurmctld does not answer. Not $SLURM_NTASKS: in the step that the SLURM plugin
+    starts a job's work in (`srun -n1`), that is 1."""
+    fields = _job_fields(job_id) if job_id else None
+    tasks = (fields or {}).get("NumTasks", "")
+    return int(tasks) if tasks.isdigit() else None
+
+
+def _job_fields(job_id: str) -> dict[str, str] | None:
+    """`scontrol show job`'s fields of a job, or None when slurmctld does not answer."""
+    out = _ask("scontrol", "show", "job", "-o", job_id)
+    return None if out is None else dict(f.split("=", 1) for f in out.split() if "=" in f)
 
 
 def _tail(path: str | None, size: int = 20_000) -> str:
