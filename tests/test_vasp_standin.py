@@ -232,7 +232,8 @@ def test_a_killed_run_leaves_whole_ionic_steps_and_a_contcar_to_go_on_from(
     assert not (run / "vasprun.xml").read_text().rstrip().endswith("</modeling>")
     path = ionic_path(tmp_path)
     assert len(path) == 1 + 3
-    assert all(f.calc is not None for f in path[1:])
+    assert all(f.calc is not None for f in path)  # the start: VASP's first step's numbers
+    assert path[0].get_potential_energy() == path[1].get_potential_energy()
     contcar = restart_geometry(tmp_path)
     assert np.abs(contcar.positions - path[-1].positions).max() > 1e-4  # the next step
     text = (run / "vasprun.xml").read_text()

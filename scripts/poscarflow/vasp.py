@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from poscarflow.resume import WallTimeReached, deadline
 from poscarflow.settings import slurm_job_id
 from poscarflow.slurm import job_tasks
-from poscarflow.vasp_files import corrections, ionic_path, reached_accuracy
+from poscarflow.vasp_files import computed_at, corrections, ionic_path, reached_accuracy
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,7 +57,8 @@ def relax_job(atoms: Atoms, preset: str | None = "DefaultSetGGA", **kwargs: Any)
 
     result = _through_custodian(quacc_relax, atoms, preset=preset, **kwargs)
     folder = Path(get_settings().RESULTS_DIR)  # compute.py keeps it unique per attempt
-    result["trajectory"] = [atoms.copy(), *ionic_path(folder)[1:]]
+    ionic = ionic_path(folder)[1:]
+    result["trajectory"] = [computed_at(atoms.copy(), ionic[0]) if ionic else atoms.copy(), *ionic]
     result["converged"] = reached_accuracy(folder)
     _write_path(folder, result["trajectory"])
     handlers = {c["handler"] for c in result["corrections"]}

@@ -53,7 +53,19 @@ def ionic_path(folder: Path) -> list[Atoms]:
             steps += vasprun_steps(text, resort)
     if not steps:
         steps = xdatcar_steps(_read_text(run / "XDATCAR"), len(start), resort)
-    return [start, *steps]
+    return [computed_at(start, steps[0]) if steps else start, *steps]
+
+
+def computed_at(start: Atoms, first: Atoms) -> Atoms:
+    """The start geometry with the results of VASP's first ionic step, which VASP
+    computed there: every frame of a relax's path has its energy and forces, as ASE
+    optimizers write them (the table's plots read them)."""
+    import numpy as np
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    if first.calc is not None and np.abs(first.positions - start.positions).max() < 1e-6:
+        start.calc = SinglePointCalculator(start, **first.calc.results)
+    return start
 
 
 def restart_geometry(folder: Path) -> Atoms | None:
