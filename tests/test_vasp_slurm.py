@@ -6,7 +6,11 @@ one minute this copy's relax rule asks for: SLURM ends the first job (TIMEOUT) a
 few ionic steps, and Snakemake's retry, with 4 minutes (the escalation), goes on from
 that attempt's CONTCAR. As in tests/test_slurm.py's TIMEOUT scenario, a far
 POSCARFLOW_DEADLINE turns off the clean stop before the limit (custodian's wall time),
-so that SLURM itself ends the job. About 3 minutes, mostly waiting.
+so that SLURM itself ends the job. About 3.5 minutes, mostly waiting.
+
+Whether custodian sees VASP die of SLURM's SIGTERM before SIGKILL comes (KillWait, 5 s
+here) depends on when it next looks (every 10 s); either way the retry continues the
+attempt (tests/test_vasp_standin.py replays the custodian side deterministically).
 """
 
 from __future__ import annotations

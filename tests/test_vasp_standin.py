@@ -476,3 +476,34 @@ def test_relax_stopped_by_custodian_before_the_deadline_continues(
     assert [r["continued_from"] for r in _history() if r["event"] == "start"] == [0, done_before]
     assert summary["opt_steps"] == reference["summary"]["opt_steps"]
     same_structure(_final(), reference["final"])
+
+
+@pytest.mark.slow
+def test_vasp_killed_as_slurm_ends_the_job_is_left_for_the_next_job(
+    ledger, reference, tmp_path, monkeypatch
+) -> None:
+    """SLURM's time limit: its SIGTERM kills VASP (a step of its own) but not the job's
+    Python, and custodian reports the dead VASP (its validators on the cut vasprun.xml)
+    before SIGKILL comes. That attempt is left as a kill leaves it, and the next job
+    continues it. scontrol is a stand-in saying what SLURM says then."""
+    from poscarflow.attempts import JobEnding
+    from tests.test_slurm_outage import commands
+
+    bin_ = commands(tmp_path / "bin", monkeypatch,
+                    scontrol="echo 'JobId=7 JobState=COMPLETING Reason=TimeLimit'")  # fmt: skip
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("FAKE_VASP_STOP_AFTER", "4")  # VASP alone is killed
+    with pytest.raises(JobEnding, match=r"SLURM is ending job 7: attempt 1 \(custodian\)"):
+        relax()
+    assert [r["event"] for r in _history()] == ["start"]
+    assert not Path(f"results/calcs/{SID}/relax").exists()  # nothing published
+    (bin_ / "scontrol").write_text("#!/bin/sh\necho 'JobId=7 JobState=TIMEOUT'\n")
+    monkeypatch.setenv("SLURM_JOB_ID", "8")
+    summary = relax({"class:timeout": 1})
+    assert (summary["status"], summary["attempts"]) == ("done", 2)
+    ends = [r for r in _history() if r["event"] == "end"]
+    assert [(r["failure"], r["reason"]) for r in ends] == [
+        ("timeout", "attempt 1 was stopped (SLURM: TIMEOUT)"), (None, None)]  # fmt: skip
+    assert [r["continued_from"] for r in _history() if r["event"] == "start"] == [0, 4]
+    assert summary["opt_steps"] == reference["summary"]["opt_steps"]
+    same_structure(_final(), reference["final"])

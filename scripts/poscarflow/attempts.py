@@ -15,6 +15,7 @@ import logging
 import shutil
 from typing import TYPE_CHECKING
 
+from poscarflow import settings, slurm
 from poscarflow.compute import compute
 from poscarflow.files import (
     publish_dir,
@@ -49,6 +50,13 @@ class Deferred(RuntimeError):
     """The machine failed this calculation (not its fault): the next run retries it."""
 
 
+class JobEnding(RuntimeError):
+    """SLURM is ending the job this attempt runs in. SLURM's SIGTERM reaches VASP (its own
+    step) but not this process, so custodian may report VASP's death as a failure
+    (validators on its cut files) before SIGKILL: that is the kill's doing. The attempt
+    is left as a kill leaves it, for the next to close with SLURM's state and continue."""
+
+
 def run_attempts(
     layout: Layout, step: Step, spec: CalcSpec, source: dict, *, identity: dict,
     policy: dict[str, int],
@@ -81,6 +89,9 @@ def run_attempts(
                 return give_up(layout, spec, step, dead, identity)
             raise
         failure = summary.get("failure")
+        if failure and slurm.job_ending(job := settings.slurm_job_id()):
+            raise JobEnding(f"{step} {sid}: SLURM is ending job {job}: attempt {attempt} "
+                            f"({failure}) is left for the next attempt")  # fmt: skip
         text = f"{summary.get('reason', '')}\n" + "\n".join(summary.get("traceback", []))
         rule = matching_rule(failure, text, policy) if failure else None
         restart = budget_left(read_history(history_file, step), rule, policy, key)

@@ -102,6 +102,14 @@ def job_state(job_id: str | None) -> str | None:
     return state
 
 
+def job_ending(job_id: str | None) -> bool:
+    """Whether SLURM is ending a job (time limit, scancel, preemption: no longer RUNNING;
+    COMPLETING during the KillWait seconds before SIGKILL); False outside SLURM or
+    when slurmctld does not answer."""
+    fields = _job_fields(job_id) if job_id else None
+    return fields is not None and fields.get("JobState") not in (None, "RUNNING")
+
+
 def job_tasks(job_id: str | None) -> int | None:
     """The tasks a SLURM job was given (sbatch --ntasks), or None outside SLURM or when
     slurmctld does not answer. Not $SLURM_NTASKS: in the step that the SLURM plugin
