@@ -144,10 +144,19 @@ def _custodian_clock() -> float:
 
 def missing_potcars(elements: set[str], preset: str) -> dict[str, str]:
     """Element → why no POTCAR is found for it, asking quacc's Vasp calculator (as the
-    jobs will) with the preset's POTCAR choices and VASP_PP_PATH; empty if all exist."""
+    jobs will) with the preset's POTCAR choices and VASP_PP_PATH; empty if all exist.
+
+    Runs in Snakemake's process: quacc's import gives the root logger a handler
+    (logging.basicConfig), which would print every line of Snakemake's twice; it goes.
+    """
     from ase import Atoms
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     from quacc.calculators.vasp import Vasp
 
+    root.handlers[:] = handlers
+    root.setLevel(level)
     missing = {}
     for element in sorted(elements):
         atoms = Atoms(element, cell=[6.0, 6.0, 6.0], pbc=True)
