@@ -38,6 +38,7 @@ Faults, from the environment (runs are counted in the FAKE_VASP_LEDGER file):
   FAKE_VASP_ERROR_AT    after which ionic step of a run (default 1)
   FAKE_VASP_ERROR_RUNS  which runs print it ("1", "1,2" or "all"; default "1")
   FAKE_VASP_SLEEP       seconds to sleep per ionic step (a slow VASP, for wall times)
+  FAKE_VASP_SLEEP_RUNS  which runs sleep ("1", "1,3" or "all"; default "all")
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def main() -> int:
             out.finish(atoms, converged=converged)
             return 0
         previous = energy
-        if (pause := os.environ.get("FAKE_VASP_SLEEP")) is not None:
+        pause = os.environ.get("FAKE_VASP_SLEEP")
+        if pause is not None and _this_run("FAKE_VASP_SLEEP_RUNS", run, default="all"):
             time.sleep(float(pause))
     return 0
 
@@ -191,9 +193,9 @@ def _int_env(name: str) -> int | None:
     return int(value) if value else None
 
 
-def _this_run(name: str, run: int) -> bool:
+def _this_run(name: str, run: int, default: str = "1") -> bool:
     """Whether the fault named by `name` ("1", "1,3" or "all") applies to run `run`."""
-    which = os.environ.get(name, "1").strip()
+    which = os.environ.get(name, default).strip()
     return which == "all" or str(run) in which.replace(" ", "").split(",")
 
 

@@ -1,12 +1,14 @@
 """A VASP relax on the local SLURM cluster, cut by its time limit, continued by the retry.
 
 The stand-in for VASP (tests/fake_vasp.py, as in tests/test_vasp_standin.py) sleeps
-SLEEP seconds per ionic step, so the Cu8 relax (12 ionic steps) needs longer than the
-one minute this copy's relax rule asks for: SLURM ends the first job (TIMEOUT) after a
-few ionic steps, and Snakemake's retry, with 4 minutes (the escalation), goes on from
-that attempt's CONTCAR. As in tests/test_slurm.py's TIMEOUT scenario, a far
-POSCARFLOW_DEADLINE turns off the clean stop before the limit (custodian's wall time),
-so that SLURM itself ends the job. About 3.5 minutes, mostly waiting.
+SLEEP seconds per ionic step in its first run, so the Cu8 relax (12 ionic steps) needs
+longer than the one minute this copy's relax rule asks for: SLURM ends the first job
+(TIMEOUT) after a few ionic steps, and Snakemake's retry, with 4 minutes (the
+escalation), goes on from that attempt's CONTCAR (at full speed: the SLURM plugin polls
+less and less often while a job runs, so a short retry is noticed sooner). As in
+tests/test_slurm.py's TIMEOUT scenario, a far POSCARFLOW_DEADLINE turns off the clean
+stop before the limit (custodian's wall time), so that SLURM itself ends the job.
+About 3 minutes, mostly waiting.
 
 Whether custodian sees VASP die of SLURM's SIGTERM before SIGKILL comes (KillWait, 5 s
 here) depends on when it next looks (every 10 s); either way the retry continues the
@@ -53,8 +55,9 @@ def test_vasp_relax_cut_by_slurm_time_limit_continues_from_its_last_ionic_step(
     workflow.write_config()
     vasp = tmp_path / "vasp"
     vasp.mkdir()
-    env = stand_in_env(vasp) | {PARTITION: partition, "POSCARFLOW_DEADLINE": "4102444800",
-                                "FAKE_VASP_SLEEP": str(SLEEP)}  # fmt: skip
+    slow_first_run = {"FAKE_VASP_SLEEP": str(SLEEP), "FAKE_VASP_SLEEP_RUNS": "1"}
+    env = stand_in_env(vasp) | slow_first_run | {
+        PARTITION: partition, "POSCARFLOW_DEADLINE": "4102444800"}  # fmt: skip
     args = ["--retries", "1", "--set-resources", "static:runtime=0"]
     log = workflow.root / "snakemake-output.txt"
     with log.open("w") as out:
