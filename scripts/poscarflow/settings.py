@@ -18,8 +18,9 @@ DEADLINE = "POSCARFLOW_DEADLINE"
 # The SLURM partition and account of profiles/slurm (read by the profile only).
 SLURM_PARTITION = "POSCARFLOW_SLURM_PARTITION"
 SLURM_ACCOUNT = "POSCARFLOW_SLURM_ACCOUNT"
-# Set by SLURM inside a job: where the calculation ran (its tasks come from scontrol).
+# Set by SLURM inside a job: where the calculation ran, and its MPI tasks (VASP).
 SLURM_JOB_ID = "SLURM_JOB_ID"
+SLURM_NTASKS = "SLURM_NTASKS"
 # The Python that runs bin/srun and bin/sbatch, SLURM's commands waiting for slurmctld
 # (set by slurm.use_waiting_wrappers; plain `python` without it).
 PYTHON = "POSCARFLOW_PYTHON"
@@ -34,6 +35,11 @@ ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_N
 def slurm_job_id() -> str | None:
     """The SLURM job this process runs in, or None outside SLURM."""
     return os.environ.get(SLURM_JOB_ID)
+
+
+def slurm_ntasks() -> str | None:
+    """The number of MPI tasks of this SLURM job, or None."""
+    return os.environ.get(SLURM_NTASKS)
 
 
 def deadline_override() -> float | None:

@@ -110,15 +110,6 @@ def job_ending(job_id: str | None) -> bool:
     return fields is not None and fields.get("JobState") not in (None, "RUNNING")
 
 
-def job_tasks(job_id: str | None) -> int | None:
-    """The tasks a SLURM job was given (sbatch --ntasks), or None outside SLURM or when
-    slurmctld does not answer. Not $SLURM_NTASKS: in the step that the SLURM plugin
-    starts a job's work in (`srun -n1`), that is 1."""
-    fields = _job_fields(job_id) if job_id else None
-    tasks = (fields or {}).get("NumTasks", "")
-    return int(tasks) if tasks.isdigit() else None
-
-
 def _job_fields(job_id: str) -> dict[str, str] | None:
     """`scontrol show job`'s fields of a job, or None when slurmctld does not answer."""
     out = _ask("scontrol", "show", "job", "-o", job_id)

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poscarflow.resume import WallTimeReached, deadline
-from poscarflow.settings import slurm_job_id
-from poscarflow.slurm import job_tasks
+from poscarflow.settings import slurm_ntasks
 from poscarflow.vasp_files import computed_at, corrections, ionic_path, reached_accuracy
 
 if TYPE_CHECKING:
@@ -117,16 +116,10 @@ def _write_path(folder: Path, frames: list[Atoms]) -> None:
 def vasp_settings() -> dict:
     """quacc settings for one VASP job: custodian on (its error handlers fix and rerun
     VASP), the parallel command from the job's SLURM tasks, and custodian's wall time
-    from the job's deadline, so VASP stops cleanly with a CONTCAR to continue from.
-
-    The SLURM plugin runs a job's work in a step (`srun -n1`) that holds all of the
-    job's memory: VASP's srun shares it (`--overlap`; without, srun waits for it until
-    the time limit) and binds each task to cores of its own (else every task inherits
-    that step's binding: one core).
-    """
+    from the job's deadline, so VASP stops cleanly with a CONTCAR to continue from."""
     settings: dict = {"VASP_USE_CUSTODIAN": True}
-    if tasks := job_tasks(slurm_job_id()):
-        settings["VASP_PARALLEL_CMD"] = f"srun --overlap --cpu-bind=cores -n {tasks}"
+    if tasks := slurm_ntasks():
+        settings["VASP_PARALLEL_CMD"] = f"srun -n {tasks}"
     if (stop := deadline()) is not None:
         settings["VASP_CUSTODIAN_WALL_TIME"] = max(60, int(stop - _custodian_clock()))
     return settings
