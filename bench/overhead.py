@@ -7,7 +7,8 @@
 2. Scale, for each of `--big` (default 10,000) and `--huge` (100,000, opt-in: the full
    run takes about half an hour on 2 cores) structures, trivial LJ with one optimizer
    step: `snakemake -n` (first and second call), the full run, a no-op run once
-   finished, `poscarflow status`, `poscarflow why`, the finishing rules alone (table,
+   finished (first call, while the full run's files are still being written back to
+   disk, and second), `poscarflow status`, `poscarflow why`, the finishing rules alone (table,
    database, plots, check), and the peak memory of Snakemake and of its pool.
 
 Every figure is printed with its target. Usage:
@@ -148,7 +149,8 @@ def scale(root: Path, n: int, cores: int) -> None:
     timed(f"snakemake -n, {n} structures, second call", workflow.run, "-n", cores=cores,
           target=targets.get("-n"))  # fmt: skip
     timed(f"full run, {n} structures (LJ, 1 step)", workflow.run, cores=cores)
-    timed(f"no-op run once finished, {n} structures", workflow.run, cores=cores,
+    timed(f"no-op run once finished, {n} structures, first call", workflow.run, cores=cores)
+    timed(f"no-op run once finished, {n} structures, second call", workflow.run, cores=cores,
           target=targets.get("no-op"))  # fmt: skip
     for command in ("status", "why"):
         timed(f"poscarflow {command}, {n} structures", _cli, workflow, command,

@@ -209,6 +209,21 @@ def test_pool_follows_its_snakemake_when_it_is_killed(tmp_path: Path, monkeypatc
     assert not list(Path("results/calcs").glob("*/relax"))  # nothing published
 
 
+def test_pool_stops_at_once_when_its_snakemake_ends_while_it_starts(tmp_path: Path) -> None:
+    """Regression: a no-op run's Snakemake ends before the pool's fork server has
+    imported quacc; the pool noticed only once it had started (seconds later), and held
+    Snakemake's output open until then (a CI job or `subprocess.run` waited for it)."""
+    log = tmp_path / "pool.log"
+    starts_and_exits = (f"from poscarflow import pool; pool.start(2, 'emt', {str(log)!r}, "
+                        f"{str(tmp_path / 'no-run.json')!r})")  # fmt: skip
+    # returns once stdout closes: when the pool, which inherited it, is gone too
+    subprocess.run([sys.executable, "-c", starts_and_exits], stdout=subprocess.PIPE,
+                   timeout=120, check=True)  # fmt: skip
+    text = log.read_text()
+    assert "is gone: stopping the pool" in text
+    assert "processes starting" not in text  # it did not wait for quacc's import
+
+
 def test_job_inside_a_slurm_allocation_still_uses_the_pool(
     tmp_path: Path, running_pool, monkeypatch
 ) -> None:

@@ -115,7 +115,7 @@ def start(processes: int, calculator: str, logfile: str | Path, progress: Path) 
     key = secrets.token_hex(32)
     Path(logfile).parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "poscarflow.pool", address, str(processes), calculator,
-               str(progress)]  # fmt: skip
+               str(os.getpid()), str(progress)]  # fmt: skip
     with open(logfile, "a") as out:
         process = subprocess.Popen(
             command, env=os.environ | settings.ONE_THREAD | {settings.POOL_KEY: key},
@@ -303,12 +303,17 @@ def _peak_mb(pid: int) -> float:
     return 0.0
 
 
-def _exit_with(parent: int, pool: SupervisedPool) -> None:
-    """Exit when the Snakemake process that started us is gone (even after SIGKILL)."""
+def _exit_with(parent: int, started: list[SupervisedPool]) -> None:
+    """Exit when the Snakemake process that started us is gone (even after SIGKILL),
+    also while the pool is still starting (`started` is empty until then: a no-op run
+    ends before the fork server has imported quacc, and a pool that lived on would hold
+    Snakemake's output open for seconds; the fork server dies with us, see lifeline)."""
     while os.getppid() == parent:
         time.sleep(0.2)
     log.warning("Snakemake (pid %d) is gone: stopping the pool", parent)
-    _exit(pool, 1)
+    if not started:
+        os._exit(1)
+    _exit(started[0], 1)
 
 
 class _Progress:
@@ -351,20 +356,24 @@ class _Progress:
             time.sleep(max(5.0, 10 * (time.time() - begin)))
 
 
-def serve(address: str, processes: int, calculator: str, progress: str | None = None) -> None:
-    """Listen first (jobs may connect while quacc imports), then start the pool."""
+def serve(
+    address: str, processes: int, calculator: str, parent: int, progress: str | None = None
+) -> None:
+    """Listen first (jobs may connect while quacc imports), then start the pool. `parent`
+    is the Snakemake process that started it (it may be gone already)."""
     from poscarflow.calculators import get_calculator
 
-    parent = os.getppid()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s pool: %(message)s")
     if engine := settings.neutralise_workflow_engine():  # before the fork server imports quacc
         log.info("QUACC_WORKFLOW_ENGINE=%s ignored: Snakemake is the workflow engine", engine)
     listener = Listener("\0" + address, "AF_UNIX", authkey=os.environ[settings.POOL_KEY].encode())
     started = time.time()
+    pools: list[SupervisedPool] = []
+    threading.Thread(target=_exit_with, args=(parent, pools), daemon=True).start()
     pool = SupervisedPool(processes, [*PRELOAD, get_calculator(calculator).module])
+    pools.append(pool)
     reporter = _Progress(Path(progress)) if progress else None
     signal.signal(signal.SIGTERM, lambda *_: _exit(pool, 0, reporter))
-    threading.Thread(target=_exit_with, args=(parent, pool), daemon=True).start()
     if reporter is not None:
         threading.Thread(target=reporter.run, daemon=True).start()
     log.info("%d processes starting (%.1f s)", processes, time.time() - started)
@@ -385,4 +394,4 @@ def serve(address: str, processes: int, calculator: str, progress: str | None = 
 if __name__ == "__main__":  # the pool's functions must pickle as poscarflow.pool's
     from poscarflow import pool  # noqa: PLW0406
 
-    pool.serve(sys.argv[1], int(sys.argv[2]), sys.argv[3], *sys.argv[4:])
+    pool.serve(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), *sys.argv[5:])
