@@ -38,7 +38,7 @@ def finish_results(layout: Layout, ids: list[str], batches: dict[str, list[str]]
     from poscarflow.parts import load_part
 
     log_to(log)
-    parts = {batch: load_part(layout, batch, ids) for batch, ids in batches.items()}
+    parts = {batch: load_part(layout, batch, members) for batch, members in batches.items()}
     order = {sid: place for place, sid in enumerate(ids)}
     rows = sorted((row for part in parts.values() for row in part["rows"]),
                   key=lambda row: order[row["id"]])  # fmt: skip
